@@ -1,6 +1,7 @@
 """flowvi: flow-based variational inference and simulation-based inference on PyTorch and Pyro."""
-from . import flows
+from . import flows, vi
 from .flows import build
+from .vi import fit
 
 __version__ = "0.1.0"
-__all__ = ["flows", "build", "__version__"]
+__all__ = ["flows", "vi", "build", "fit", "__version__"]

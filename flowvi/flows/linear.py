@@ -24,6 +24,15 @@ class ElementwiseAffine(FlowLayer):
         self.scale_bound = float(scale_bound)
         self.params = ParamNet({"loc": torch.zeros(dim), "log_scale": torch.zeros(dim)}, context_dim, hidden)
 
+    @torch.no_grad()
+    def set_loc_scale(self, loc: Tensor, scale: Tensor) -> None:
+        """Set an unconditional layer to ``x = loc + scale * z`` (e.g. from a Gaussian fit)."""
+        if self.context_dim:
+            raise ValueError("set_loc_scale is for unconditional layers; a conditional one learns them from context")
+        s = torch.as_tensor(scale).log().clamp(-0.99 * self.scale_bound, 0.99 * self.scale_bound)
+        self.params.free[0].copy_(torch.as_tensor(loc))
+        self.params.free[1].copy_(self.scale_bound * torch.atanh(s / self.scale_bound))
+
     def _loc_logscale(self, context):
         loc, s = self.params(context)
         return loc, soft_clamp(s, self.scale_bound)

@@ -74,4 +74,4 @@ class ParamNet(nn.Module):
         out = self.net(context)
         batch = out.shape[:-1]
         parts = torch.split(out, self.sizes, dim=-1)
-        return tuple(p.reshape(*batch, *s) for p, s in zip(parts, self.shapes))
+        return tuple(p.reshape(tuple(batch) + s) for p, s in zip(parts, self.shapes))
