@@ -150,3 +150,28 @@ def test_laplace_init_centres_the_flow():
 def test_bad_target_output_shape_is_reported():
     with pytest.raises(ValueError, match=r"\(n, dim\) -> \(n,\)"):
         flowvi.fit(lambda x: x.sum(), 2, family="affine", layers=1, max_steps=5, init=None, progress=False)
+
+
+def test_banana_kl_below_bound():
+    from flowvi import targets
+
+    t = targets.get("banana")  # normalised: KL(q||p) = -ELBO
+    r = flowvi.fit(t.log_prob, 2, family="realnvp", layers=2, hidden=(32, 32), max_steps=1000, progress=False)
+    assert -r.elbo(20000) < 0.01
+
+
+def test_correlated_gaussian_10d_kl_below_bound():
+    from flowvi import targets
+
+    t = targets.get("gaussian-cond100-10")
+    r = flowvi.fit(t.log_prob, 10, family="realnvp", layers=1, hidden=(8,), max_steps=800, progress=False)
+    assert -r.elbo(20000) < 0.01
+    assert r.k_hat < 0.7
+
+
+def test_k_hat_flags_a_diagonal_gaussian_on_the_funnel():
+    from flowvi import targets
+
+    t = targets.get("funnel-10")
+    r = flowvi.fit(t.log_prob, 10, flow=build("affine", 10, layers=1), max_steps=800, progress=False)
+    assert r.k_hat > 0.7 and r.verdict.startswith("not trustworthy")

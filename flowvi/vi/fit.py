@@ -27,10 +27,10 @@ def fit(
     layers: int = 4,
     hidden: Sequence[int] = (64, 64),
     base: str = "normal",
-    particles: int = 128,
+    particles: int = 64,
     iw: int = 1,
     stl: bool = True,
-    lr: float = 2e-3,
+    lr: float = 5e-3,
     max_steps: int = 5000,
     init: str | None = "advi",
     init_steps: int = 300,
@@ -48,7 +48,8 @@ def fit(
     Args:
         log_prob: unnormalised log density, ``(n, dim) -> (n,)``, differentiable.
         dim: event size (taken from ``flow`` when one is given).
-        family: flow family name or layer list for ``flowvi.flows.build``.
+        family: flow family name or layer list for ``flowvi.flows.build``; the
+            flow is ``layers`` of it, then an LU-linear and an elementwise affine layer.
         flow: a ready unconditional ``Flow`` instead of ``family``.
         base: ``"normal"`` or ``"student-t"`` (learnable df, for heavy tails).
         particles, iw: draws per step; ``iw > 1`` maximises the IW-ELBO with DReG.
@@ -69,9 +70,12 @@ def fit(
         if dim is None:
             raise ValueError("give dim (the target's dimension) or a ready flow")
         base_mod = StudentTBase(dim) if base == "student-t" else None
-        flow = build(family, dim, layers=layers, hidden=hidden, base=base_mod, final_affine=True)
+        spec = [family] * layers if isinstance(family, str) else list(family)
+        # a full-rank linear layer before the final affine: Gaussian targets become exact
+        flow = build([*spec, "lu"], dim, hidden=hidden, base=base_mod, final_affine=True)
     flow = flow.to(dtype)
-    opt = torch.optim.Adam(flow.parameters(), lr=lr)
+    params = list(flow.parameters())
+    opt = torch.optim.Adam(params, lr=lr, foreach=True)
     plateau = plateau or Plateau()
     trace: list[float] = []
     step, t_used = 0, 0.0
@@ -89,7 +93,7 @@ def fit(
         ok = bool(torch.isfinite(loss))
         if ok:
             loss.backward()
-            ok = bool(torch.isfinite(torch.nn.utils.clip_grad_norm_(flow.parameters(), clip)))
+            ok = bool(torch.isfinite(torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)))
         if not ok:
             bad += 1
             snap.restore()

@@ -21,7 +21,7 @@ class Plateau:
     the ELBO has not improved by ``tol`` for ``patience`` checks, lower the learning
     rate by ``factor``; after ``max_drops`` such drops the fit has converged."""
 
-    def __init__(self, tol: float = 0.01, patience: int = 3, every: int = 100, factor: float = 0.3, max_drops: int = 2, smoothing: float = 0.02):
+    def __init__(self, tol: float = 0.01, patience: int = 2, every: int = 100, factor: float = 0.3, max_drops: int = 2, smoothing: float = 0.02):
         self.tol, self.patience, self.every, self.factor, self.max_drops = tol, patience, every, factor, max_drops
         self.smoothing = smoothing
         self.ema = None

@@ -21,7 +21,10 @@ from ..flows import Flow
 def frozen(module: torch.nn.Module):
     """Parameters stop requiring grad inside the block: gradients then flow only
     through the inputs, which is what the path-derivative estimators need."""
-    params = [p for p in module.parameters() if p.requires_grad]
+    cache = module.__dict__.setdefault("_flowvi_param_cache", [])
+    if not cache:  # walking the module tree every step costs more than the flow itself
+        cache.extend(module.parameters())
+    params = [p for p in cache if p.requires_grad]
     for p in params:
         p.requires_grad_(False)
     try:
