@@ -78,14 +78,14 @@ def fit(
     opt = torch.optim.Adam(params, lr=lr, foreach=True)
     plateau = plateau or Plateau()
     trace: list[float] = []
-    step, t_used = 0, 0.0
+    step, t_used, t0 = 0, 0.0, time.perf_counter()
     if checkpoint and os.path.exists(checkpoint):
         step, trace, t_used = _resume(checkpoint, flow, opt, plateau)
     elif init == "laplace":
         laplace_init(flow, log_prob)
     elif init == "advi":
         advi_init(flow, log_prob, steps=init_steps, particles=particles)
-    snap, bad, converged, t0 = Snapshot(flow, opt), 0, False, time.perf_counter()
+    snap, bad, converged = Snapshot(flow, opt), 0, False
     bar = tqdm(total=max_steps, initial=step, disable=not progress, desc="fit", leave=False)
     while step < max_steps and not converged:
         loss, value, x, lp, lq = elbo_step(flow, log_prob, particles, stl=stl, iw=iw)
