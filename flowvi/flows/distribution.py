@@ -34,8 +34,13 @@ class StandardNormal(nn.Module):
         self.register_buffer("scale", torch.ones(self.dim))
 
     def forward(self, batch_shape: Sequence[int] = ()) -> pdist.TorchDistribution:
-        shape = torch.Size(batch_shape) + (self.dim,)
-        return pdist.Normal(self.loc.expand(shape), self.scale.expand(shape)).to_event(1)
+        # parameter-free, so one distribution object per shape/dtype/device serves every call
+        key = (tuple(batch_shape), self.loc.dtype, self.loc.device)
+        cache = self.__dict__.setdefault("_cache", {})
+        if key not in cache:
+            shape = torch.Size(batch_shape) + (self.dim,)
+            cache[key] = pdist.Normal(self.loc.expand(shape), self.scale.expand(shape)).to_event(1)
+        return cache[key]
 
 
 class StudentTBase(nn.Module):
@@ -88,8 +93,11 @@ class FlowDistribution(pdist.TransformedDistribution):
         self.flow = flow
         self.context = context
         batch_shape = context.shape[:-1] if context is not None else torch.Size()
-        transforms = [layer.condition(context) if context is not None else layer for layer in flow.layers]
-        super().__init__(flow.base(batch_shape), transforms, validate_args=False)
+        # set up what TransformedDistribution.__init__ would, without its per-call shape
+        # inference: the event is always (dim,) and the batch is the context's
+        self.base_dist = flow.base(batch_shape)
+        self.transforms = [layer.condition(context) if context is not None else layer for layer in flow.layers]
+        torch.distributions.Distribution.__init__(self, batch_shape, torch.Size([flow.dim]), validate_args=False)
         self._last = None
 
     def rsample_and_log_prob(self, sample_shape: Sequence[int] = torch.Size()) -> tuple[Tensor, Tensor]:
