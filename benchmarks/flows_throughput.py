@@ -101,14 +101,15 @@ def make_step(lib, dist_factory, direction, batch, dim):
                 lq = d.log_prob(x)
                 loss = lq.mean() + x.square().mean()
             else:
-                loss = -d.log_prob(data).mean()
+                # a fresh tensor each step: Pyro's transform cache keys on tensor identity
+                loss = -d.log_prob(data.clone()).mean()
         else:
             d = dist()
             if direction == "vi":
                 x, lq = d.rsample_and_log_prob((batch,))
                 loss = lq.mean() + x.square().mean()
             else:
-                loss = -d.log_prob(data).mean()
+                loss = -d.log_prob(data.clone()).mean()
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         return grads
 

@@ -40,6 +40,11 @@ def test_verdict_words():
     assert verdict(0.6).startswith("usable")
     assert verdict(0.9).startswith("not trustworthy")
     assert verdict(float("nan")).startswith("not trustworthy")
+    # a heavy-shaped but negligible tail (near-exact q) is not called untrustworthy...
+    assert verdict(0.9, ess_fraction=0.999, log_weight_sd=0.01).startswith("trustworthy")
+    # ...but a heavy tail of real size is
+    assert verdict(0.9, ess_fraction=0.95, log_weight_sd=0.01).startswith("not trustworthy")
+    assert verdict(0.9, ess_fraction=0.999, log_weight_sd=0.5).startswith("not trustworthy")
 
 
 def test_minus_inf_weights_are_zeros_not_errors():
