@@ -96,8 +96,10 @@ def flowvi_time_to(target, family: str, seed: int, goal: float = 0.01, every: in
         for steps in range(every, max_steps + 1, every):
             r = flowvi.fit(target.log_prob, target.dim, family=family, seed=seed, progress=False, max_steps=steps, checkpoint=ck)
             kl = flowvi_kl(r, target, seed)
-            if kl <= goal or r.converged:
+            if kl <= goal:
                 return r.seconds, r.steps, kl
+            if r.converged:
+                break
     return float("nan"), max_steps, kl
 
 

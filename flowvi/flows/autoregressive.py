@@ -42,7 +42,7 @@ class AffineAutoregressive(FlowLayer):
 
     def _shift_logscale(self, v, context):
         out = self.made(v, context)
-        return out[..., 0], soft_clamp(out[..., 1], self.scale_bound)
+        return out[..., 0, :], soft_clamp(out[..., 1, :], self.scale_bound)
 
     def _one_pass_forward(self, z, context):
         m, s = self._shift_logscale(z, context)

@@ -16,22 +16,26 @@ from .params import mlp
 
 
 class CouplingMask(nn.Module):
-    """Index parity split: ``parity`` 0 transforms even indices given the odd ones.
+    """Split into contiguous halves (views, no copies): ``parity`` 0 transforms the
+    second half given the first, ``parity`` 1 the first half given the second.
     For ``dim == 1`` the single coordinate is transformed given the context only."""
 
     def __init__(self, dim: int, parity: int):
         super().__init__()
-        idx = torch.arange(dim)
-        moved = idx % 2 == parity % 2 if dim > 1 else torch.ones(1, dtype=torch.bool)
-        self.register_buffer("kept", idx[~moved])
-        self.register_buffer("moved", idx[moved])
-        self.register_buffer("inv", torch.argsort(torch.cat([idx[~moved], idx[moved]])))
+        half = dim // 2 if parity % 2 == 0 else dim - dim // 2
+        self.parity = parity % 2
+        self.n_first = half
+        n_kept = half if self.parity == 0 else dim - half
+        self.n_kept, self.n_moved = n_kept, dim - n_kept
+        if dim == 1:
+            self.n_first, self.parity, self.n_kept, self.n_moved = 0, 0, 0, 1
 
     def split(self, v: Tensor) -> tuple[Tensor, Tensor]:
-        return v[..., self.kept], v[..., self.moved]
+        a, b = v[..., : self.n_first], v[..., self.n_first :]
+        return (a, b) if self.parity == 0 else (b, a)
 
     def merge(self, kept: Tensor, moved: Tensor) -> Tensor:
-        return torch.cat([kept, moved], -1)[..., self.inv]
+        return torch.cat([kept, moved] if self.parity == 0 else [moved, kept], -1)
 
 
 def conditioner_input(kept: Tensor, context: Tensor | None) -> Tensor:
@@ -57,7 +61,7 @@ class AffineCoupling(FlowLayer):
         super().__init__(dim, context_dim)
         self.mask = CouplingMask(dim, parity)
         self.scale_bound = float(scale_bound)
-        self.net = mlp(len(self.mask.kept) + context_dim, 2 * len(self.mask.moved), hidden, zero_last=True)
+        self.net = mlp(self.mask.n_kept + context_dim, 2 * self.mask.n_moved, hidden, zero_last=True)
 
     def _shift_logscale(self, kept, context):
         out = self.net(conditioner_input(kept, context if self.context_dim else None))

@@ -38,8 +38,9 @@ class MADE(nn.Module):
         activation: hidden nonlinearity.
 
     ``forward(x, context)``: ``x`` ``(*batch, dim)``, context ``(*cbatch,
-    context_dim)`` broadcastable to ``batch``; returns ``(*batch, dim,
-    params_per_dim)``. The output layer starts at zero (identity flows at init).
+    context_dim)`` broadcastable to ``batch``; returns ``(*batch, params_per_dim,
+    dim)`` (parameter-major, so each parameter is a contiguous slice). The output
+    layer starts at zero (identity flows at init).
     """
 
     def __init__(
@@ -69,7 +70,7 @@ class MADE(nn.Module):
                 mask = torch.cat([mask, torch.ones(len(deg), context_dim)], dim=1)
             layers += [MaskedLinear(mask), activation()]
             prev = deg
-        out_mask = (prev[None, :] < rank[:, None]).float().repeat_interleave(params_per_dim, dim=0)
+        out_mask = (prev[None, :] < rank[:, None]).float().repeat(params_per_dim, 1)
         out = MaskedLinear(out_mask)
         nn.init.zeros_(out.weight)
         nn.init.zeros_(out.bias)
@@ -81,4 +82,4 @@ class MADE(nn.Module):
             batch = torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
             x = torch.cat([x.expand(*batch, self.dim), context.expand(*batch, self.context_dim)], dim=-1)
         out = self.net(x)
-        return out.reshape(*out.shape[:-1], self.dim, self.params_per_dim)
+        return out.unflatten(-1, (self.params_per_dim, self.dim))

@@ -97,13 +97,13 @@ class SplineCoupling(FlowLayer):
         super().__init__(dim, context_dim)
         self.bins, self.bound = int(bins), float(bound)
         self.mask = CouplingMask(dim, parity)
-        self.net = mlp(len(self.mask.kept) + context_dim, len(self.mask.moved) * (3 * self.bins - 1), hidden, zero_last=True)
+        self.net = mlp(self.mask.n_kept + context_dim, self.mask.n_moved * (3 * self.bins - 1), hidden, zero_last=True)
 
     def _run(self, v, context, inverse):
         self._check(v, context)
         kept, moved = self.mask.split(v)
         params = self.net(conditioner_input(kept, context if self.context_dim else None))
-        params = params.unflatten(-1, (len(self.mask.moved), 3 * self.bins - 1))
+        params = params.unflatten(-1, (self.mask.n_moved, 3 * self.bins - 1))
         out, logd = rq_spline(moved.expand(*params.shape[:-1]), params, self.bound, inverse)
         return self.mask.merge(kept.expand(*out.shape[:-1], -1), out), logd.sum(-1)
 
@@ -139,7 +139,7 @@ class SplineAutoregressive(FlowLayer):
         self.made = MADE(dim, 3 * self.bins - 1, hidden, context_dim, order)
 
     def _pass(self, source, v, context, inverse):
-        out, logd = rq_spline(v, self.made(source, context), self.bound, inverse)
+        out, logd = rq_spline(v, self.made(source, context).transpose(-1, -2), self.bound, inverse)
         return out, logd.sum(-1)
 
     def _sequential(self, v, context, inverse):
