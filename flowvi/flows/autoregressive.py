@@ -1,25 +1,132 @@
 """Affine autoregressive layers on MADE: IAF (Kingma et al. 2016) and MAF
-(Papamakarios et al. 2017) are the same map used in opposite directions.
+(Papamakarios et al. 2017) are one map, ``x_i = z_i * exp(s_i) + m_i``, whose
+``(m, s)`` are computed from whichever side is cheap.
 
-* IAF (``cheap="sample"``): ``x = z * exp(s(z)) + m(z)``. Sampling and its
-  log-density are one MADE pass; the inverse is exact but sequential (``dim``
-  passes).
-* MAF (``cheap="density"``): ``z = (x - m(x)) * exp(-s(x))``. Density is one pass;
-  sampling is sequential.
+* IAF (``cheap="sample"``): ``(m, s) = MADE(z)``. Sampling and its log-density
+  are one MADE pass; the inverse is exact but sequential.
+* MAF (``cheap="density"``): ``(m, s) = MADE(x)``, so ``z = (x - m) * exp(-s)``
+  is one pass; sampling is sequential.
+
+The sequential direction solves one variable per step, in the MADE order. A
+step only runs the part of the MADE that the next variable depends on (see
+``SequentialPlan``), so ``dim`` steps cost far less than ``dim`` full passes.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
 
 from .base import FlowLayer, soft_clamp
-from .made import MADE
+from .made import MADE, MaskedLinear
+
+# step(v_i, params_i) -> (u_i, log-scale_i); v_i, u_i: batch; params_i: (*batch, params_per_dim)
+Step = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+def _hidden_degrees(made: MADE) -> list[Tensor]:
+    """Per hidden layer, the highest input rank each unit can see through the masks
+    (-1: context and biases only). Read off the masks, not MADE's construction."""
+    degrees, prev = [], made.rank
+    for lin in [m for m in made.net if isinstance(m, MaskedLinear)][:-1]:
+        sees = lin.mask[:, : len(prev)] > 0  # first layer: context columns dropped
+        prev = torch.where(sees, prev[None, :], -1).amax(-1)
+        degrees.append(prev)
+    return degrees
+
+
+class SequentialPlan(nn.Module):
+    """Solve ``u_i = step(v_i, MADE(u)_i)`` for ``u``, one variable per step in the
+    MADE order, running only what each step needs.
+
+    Step ``k`` (the variable of rank ``k``) needs only hidden units that see ranks
+    ``< k``. Hidden units are sorted by that degree, so those are a prefix of every
+    layer; the first layer's pre-activation is updated by one column per solved
+    variable (the context part is computed once), and only the solved variable's
+    output rows are evaluated. Exact up to float rounding; differentiable.
+
+    Holds no parameters: the MADE is passed at call time, so its weights are read
+    fresh (they change during training). Assumes MADE's layout: ``net`` is masked
+    linears with elementwise activations between them, the first one taking
+    ``cat([x, context])``, the last one parameter-major (row ``p * dim + i``).
+    """
+
+    def __init__(self, made: MADE):
+        super().__init__()
+        self.dim, self.ppd = made.dim, made.params_per_dim
+        self.var_by_rank = torch.argsort(made.rank).tolist()
+        self.n_hidden = 0
+        self.prefix: list[list[int]] = []  # prefix[l][k]: units of layer l that step k needs
+        for l, deg in enumerate(_hidden_degrees(made)):
+            self.register_buffer(f"perm{l}", torch.argsort(deg, stable=True), persistent=False)
+            self.prefix.append([int((deg < k).sum()) for k in range(self.dim)])
+            self.n_hidden += 1
+
+    def _weights(self, made: MADE):
+        lins = [m for m in made.net if isinstance(m, MaskedLinear)]
+        acts = [m for m in made.net if not isinstance(m, MaskedLinear)]
+        W = [lin.weight * lin.mask for lin in lins]
+        b = [lin.bias for lin in lins]
+        for l in range(self.n_hidden):
+            perm = getattr(self, f"perm{l}")
+            W[l], b[l] = W[l][perm], b[l][perm]
+            W[l + 1] = W[l + 1][:, perm]
+        return W, b, acts
+
+    def forward(self, made: MADE, v: Tensor, context: Tensor | None, step: Step) -> tuple[Tensor, Tensor]:
+        """``v``: ``(*batch, dim)``; returns ``u`` ``(*B, dim)`` and the summed
+        log-scales ``(*B)``, ``B`` = broadcast of ``batch`` with the context's."""
+        dim, ppd, L = self.dim, self.ppd, self.n_hidden
+        W, b, acts = self._weights(made)
+        w_in = W[0][:, :dim].t().contiguous()  # row j: what solving variable j adds to layer 1
+        if made.context_dim:
+            batch = torch.broadcast_shapes(v.shape[:-1], context.shape[:-1])
+            h = F.linear(context, W[0][:, dim:], b[0])
+        else:
+            batch, h = v.shape[:-1], b[0]
+        h = h.expand(*batch, h.shape[-1])
+        if L:  # output rows of variable j as one (ppd, hidden) block
+            w_out = W[-1].unflatten(0, (ppd, dim)).transpose(0, 1).contiguous()
+            b_out = b[-1].unflatten(0, (ppd, dim)).t().contiguous()
+        solved, logs = [], []
+        for k, j in enumerate(self.var_by_rank):
+            if L:
+                a = acts[0](h[..., : self.prefix[0][k]])
+                for l in range(1, L):
+                    n, n_prev = self.prefix[l][k], self.prefix[l - 1][k]
+                    a = acts[l](F.linear(a, W[l][:n, :n_prev], b[l][:n]))
+                params = F.linear(a, w_out[j][:, : self.prefix[-1][k]], b_out[j])
+            else:  # no hidden layer: h already is the output pre-activation
+                params = h[..., j::dim]
+            u_j, s_j = step(v[..., j], params)
+            solved.append(u_j)
+            logs.append(s_j)
+            if k < dim - 1:
+                h = torch.addcmul(h, u_j.unsqueeze(-1), w_in[j])
+        u = torch.stack(solved, -1)[..., made.rank]  # rank order -> index order
+        return u, torch.stack(logs, -1).sum(-1)
 
 
 class AffineAutoregressive(FlowLayer):
-    """Affine autoregressive step; ``(m, s)`` come from a MADE of the input in the
-    cheap direction (plus the context). Log-scales are soft-clamped to
-    ``(-scale_bound, scale_bound)``; the MADE's zero last layer starts it at the identity.
-    Shapes as for every ``FlowLayer``.
+    """Affine autoregressive step ``x_i = z_i * exp(s_i) + m_i``: IAF or MAF.
+
+    Args:
+        dim: event size.
+        hidden: MADE hidden sizes (>= ``dim`` each for full expressiveness).
+        context_dim: context size (0: unconditional); the context feeds every
+            MADE hidden unit.
+        order: ``order[i]`` is the rank of variable ``i`` in the autoregressive
+            order (default ``0..dim-1``); the builder puts permutations between layers.
+        cheap: ``"sample"`` (IAF: ``(m, s) = MADE(z, c)``, z -> x in one pass) or
+            ``"density"`` (MAF: ``(m, s) = MADE(x, c)``, x -> z in one pass). The
+            other direction is exact and sequential (``dim`` partial MADE passes).
+        scale_bound: log-scales are soft-clamped to ``(-scale_bound, scale_bound)``.
+
+    Shapes: ``z``/``x`` ``(*batch, dim)``, context ``(*cbatch, context_dim)``;
+    log-det ``broadcast(batch, cbatch)``. The MADE's zero last layer makes the
+    layer the identity at initialisation.
     """
 
     inverse_kind = "exact"
@@ -39,48 +146,45 @@ class AffineAutoregressive(FlowLayer):
         self.cheap_direction = cheap
         self.scale_bound = float(scale_bound)
         self.made = MADE(dim, 2, hidden, context_dim, order)
+        self.plan = SequentialPlan(self.made)
 
-    def _shift_logscale(self, v, context):
-        out = self.made(v, context)
+    def _shift_logscale(self, v: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        out = self.made(v, context)  # (*B, 2, dim): one pass gives both
         return out[..., 0, :], soft_clamp(out[..., 1, :], self.scale_bound)
 
-    def _one_pass_forward(self, z, context):
-        m, s = self._shift_logscale(z, context)
-        return z * s.exp() + m, s.sum(-1)
+    def _step_forward(self, z_i: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        s = soft_clamp(params[..., 1], self.scale_bound)
+        return torch.addcmul(params[..., 0], z_i, s.exp()), s
 
-    def _one_pass_inverse(self, x, context):
-        m, s = self._shift_logscale(x, context)
-        return (x - m) * (-s).exp(), s.sum(-1)
+    def _step_inverse(self, x_i: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        s = soft_clamp(params[..., 1], self.scale_bound)
+        return (x_i - params[..., 0]) * torch.exp(-s), s
 
-    def _sequential(self, v, context, step):
-        # after pass k the first k variables in the MADE order are exact; dim passes finish
-        out = v
-        for _ in range(self.dim):
-            m, s = self._shift_logscale(out, context)
-            out = step(v, m, s)
-        return out, s.sum(-1)
-
-    def forward_and_log_det(self, z, context=None):
+    def forward_and_log_det(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """z -> x: one MADE pass for IAF, sequential for MAF."""
         self._check(z, context)
-        if self.cheap_direction == "sample":
-            return self._one_pass_forward(z, context)
-        return self._sequential(z, context, lambda z, m, s: z * s.exp() + m)
-
-    def inverse_and_log_det(self, x, context=None):
-        self._check(x, context)
         if self.cheap_direction == "density":
-            return self._one_pass_inverse(x, context)
-        return self._sequential(x, context, lambda x, m, s: (x - m) * (-s).exp())
+            return self.plan(self.made, z, context, self._step_forward)
+        m, s = self._shift_logscale(z, context)
+        return torch.addcmul(m, z, s.exp()), s.sum(-1)
+
+    def inverse_and_log_det(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """x -> z: one MADE pass for MAF, sequential for IAF. Log-det of the forward map."""
+        self._check(x, context)
+        if self.cheap_direction == "sample":
+            return self.plan(self.made, x, context, self._step_inverse)
+        m, s = self._shift_logscale(x, context)
+        return (x - m) * torch.exp(-s), s.sum(-1)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, context_dim={self.context_dim}, cheap={self.cheap_direction!r}"
 
 
 def IAF(dim: int, **kwargs) -> AffineAutoregressive:
-    """Inverse autoregressive flow step: cheap sampling (VI)."""
+    """Inverse autoregressive flow step (cheap sampling: VI). Keywords as ``AffineAutoregressive``."""
     return AffineAutoregressive(dim, cheap="sample", **kwargs)
 
 
 def MAF(dim: int, **kwargs) -> AffineAutoregressive:
-    """Masked autoregressive flow step: cheap density (maximum likelihood, SBI)."""
+    """Masked autoregressive flow step (cheap density: maximum likelihood). Keywords as ``AffineAutoregressive``."""
     return AffineAutoregressive(dim, cheap="density", **kwargs)

@@ -16,26 +16,40 @@ from .params import mlp
 
 
 class CouplingMask(nn.Module):
-    """Split into contiguous halves (views, no copies): ``parity`` 0 transforms the
-    second half given the first, ``parity`` 1 the first half given the second.
-    For ``dim == 1`` the single coordinate is transformed given the context only."""
+    """Index-parity split: ``parity`` 0 transforms (moves) the even indices given
+    the odd ones, ``parity`` 1 the odd indices given the even ones.
+
+    Both halves are strided views (no gather, no index tensors). For ``dim == 1``
+    the single coordinate is moved whatever the parity, and nothing is kept.
+    ``split(v)`` -> ``(kept, moved)``; ``merge(kept, moved)`` -> ``v`` (the
+    halves may differ in batch shape as long as they broadcast).
+    """
 
     def __init__(self, dim: int, parity: int):
         super().__init__()
-        half = dim // 2 if parity % 2 == 0 else dim - dim // 2
-        self.parity = parity % 2
-        self.n_first = half
-        n_kept = half if self.parity == 0 else dim - half
-        self.n_kept, self.n_moved = n_kept, dim - n_kept
-        if dim == 1:
-            self.n_first, self.parity, self.n_kept, self.n_moved = 0, 0, 0, 1
+        self.dim = int(dim)
+        self.parity = int(parity) % 2 if dim > 1 else 0
+        self.n_moved = (self.dim + 1 - self.parity) // 2 if dim > 1 else 1
+        self.n_kept = self.dim - self.n_moved
 
     def split(self, v: Tensor) -> tuple[Tensor, Tensor]:
-        a, b = v[..., : self.n_first], v[..., self.n_first :]
-        return (a, b) if self.parity == 0 else (b, a)
+        return v[..., 1 - self.parity :: 2], v[..., self.parity :: 2]
 
     def merge(self, kept: Tensor, moved: Tensor) -> Tensor:
-        return torch.cat([kept, moved] if self.parity == 0 else [moved, kept], -1)
+        if self.n_kept == 0:
+            return moved
+        batch = torch.broadcast_shapes(kept.shape[:-1], moved.shape[:-1])
+        kept, moved = kept.expand(*batch, self.n_kept), moved.expand(*batch, self.n_moved)
+        if self.n_kept == self.n_moved:  # even dim: one interleaving copy
+            pair = (moved, kept) if self.parity == 0 else (kept, moved)
+            return torch.stack(pair, -1).flatten(-2)
+        out = moved.new_empty(*batch, self.dim)
+        out[..., self.parity :: 2] = moved
+        out[..., 1 - self.parity :: 2] = kept
+        return out
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, parity={self.parity}"
 
 
 def conditioner_input(kept: Tensor, context: Tensor | None) -> Tensor:
@@ -49,35 +63,66 @@ def conditioner_input(kept: Tensor, context: Tensor | None) -> Tensor:
 class AffineCoupling(FlowLayer):
     """RealNVP step: ``x_b = z_b * exp(s(z_a, c)) + t(z_a, c)``, ``x_a = z_a``.
 
-    ``parity`` picks the transformed half (the builder alternates it). Log-scales
-    are soft-clamped; the conditioner's zero last layer starts it at the identity.
-    Shapes as for every ``FlowLayer``.
+    Args:
+        dim: event size.
+        hidden: hidden sizes of the conditioner MLP ``(z_a, c) -> (t, s)``.
+        context_dim: context size (0: unconditional).
+        parity: 0 moves the even indices, 1 the odd ones (the builder alternates
+            it, so two stacked layers transform every coordinate).
+        scale_bound: log-scales ``s`` are soft-clamped to ``(-scale_bound, scale_bound)``.
+
+    Shapes: ``z``/``x`` ``(*batch, dim)``, context ``(*cbatch, context_dim)``;
+    log-det ``broadcast(batch, cbatch)``. Both directions are one conditioner
+    pass and exact. The conditioner's zero last layer starts it at the identity.
+    With ``dim == 1`` there is no half to condition on: the coordinate's ``(t, s)``
+    come from the context alone, or without a context are free parameters (a
+    learnable elementwise affine map).
     """
 
     inverse_kind = "exact"
     cheap_direction = "both"
 
-    def __init__(self, dim: int, hidden: Sequence[int] = (64, 64), context_dim: int = 0, parity: int = 0, scale_bound: float = 5.0):
+    def __init__(
+        self,
+        dim: int,
+        hidden: Sequence[int] = (64, 64),
+        context_dim: int = 0,
+        parity: int = 0,
+        scale_bound: float = 5.0,
+    ):
         super().__init__(dim, context_dim)
         self.mask = CouplingMask(dim, parity)
         self.scale_bound = float(scale_bound)
-        self.net = mlp(self.mask.n_kept + context_dim, 2 * self.mask.n_moved, hidden, zero_last=True)
+        n_in = self.mask.n_kept + self.context_dim
+        if n_in:
+            self.net = mlp(n_in, 2 * self.mask.n_moved, hidden, zero_last=True)
+        else:  # an MLP of an empty input is a constant: hold the constant directly
+            self.net = None
+            self.shift_logscale = nn.Parameter(torch.zeros(2 * self.mask.n_moved))
 
-    def _shift_logscale(self, kept, context):
-        out = self.net(conditioner_input(kept, context if self.context_dim else None))
-        t, s = out.unflatten(-1, (2, -1)).unbind(-2)
+    def _shift_logscale(self, kept: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        if self.net is None:
+            out = self.shift_logscale
+        else:
+            out = self.net(conditioner_input(kept, context if self.context_dim else None))
+        t, s = out.unflatten(-1, (2, self.mask.n_moved)).unbind(-2)
         return t, soft_clamp(s, self.scale_bound)
 
-    def forward_and_log_det(self, z, context=None):
+    def forward_and_log_det(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """z -> x in one pass; returns ``(x, log|det J|)``."""
         self._check(z, context)
         za, zb = self.mask.split(z)
         t, s = self._shift_logscale(za, context)
-        xb = zb * s.exp() + t
-        return self.mask.merge(za.expand(*xb.shape[:-1], -1), xb), s.sum(-1)
+        xb = torch.addcmul(t, zb, s.exp())
+        return self.mask.merge(za, xb), s.sum(-1).expand(xb.shape[:-1])
 
-    def inverse_and_log_det(self, x, context=None):
+    def inverse_and_log_det(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """x -> z in one pass; returns ``(z, log|det J|)`` of the forward map."""
         self._check(x, context)
         xa, xb = self.mask.split(x)
         t, s = self._shift_logscale(xa, context)
-        zb = (xb - t) * (-s).exp()
-        return self.mask.merge(xa.expand(*zb.shape[:-1], -1), zb), s.sum(-1)
+        zb = (xb - t) * torch.exp(-s)
+        return self.mask.merge(xa, zb), s.sum(-1).expand(zb.shape[:-1])
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, context_dim={self.context_dim}, parity={self.mask.parity}"

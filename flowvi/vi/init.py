@@ -1,16 +1,17 @@
 """A cheap Gaussian fit that starts the flow where the target is.
 
-The flow's last layer is a learnable ``ElementwiseAffine`` (loc, log-scale); the
-layers before it start at the identity, so at initialisation q is a diagonal
-Gaussian.  ``"advi"`` fits that Gaussian by reverse KL with only the affine layer
-trainable (robust, also for funnels where a mode is a bad summary);
+The flow ends with an LU-linear and a learnable ``ElementwiseAffine`` layer; the
+layers before them start at the identity, so at initialisation q is a Gaussian.
+``"advi"`` fits that Gaussian (full rank when the LU layer is there) by reverse KL
+with only those layers trainable (robust, also for funnels where a mode is a bad
+summary);
 ``"laplace"`` sets it from the MAP and the diagonal of the Hessian.
 """
 from __future__ import annotations
 
 import torch
 
-from ..flows import ElementwiseAffine, Flow
+from ..flows import ElementwiseAffine, Flow, LULinear
 from .objectives import elbo_step
 
 
@@ -20,19 +21,30 @@ def final_affine(flow: Flow) -> ElementwiseAffine | None:
     return last if isinstance(last, ElementwiseAffine) and last.context_dim == 0 else None
 
 
-def advi_init(flow: Flow, log_p, steps: int = 300, particles: int = 64, lr: float = 0.05) -> None:
-    """Fit only the final affine layer (a diagonal Gaussian) by the ELBO."""
+def gaussian_layers(flow: Flow) -> list[torch.nn.Module]:
+    """The trailing affine layer and an LU layer just before it, if there is one:
+    with the earlier layers at the identity, these alone make q a Gaussian."""
     affine = final_affine(flow)
-    if affine is None or steps <= 0:
+    if affine is None:
+        return []
+    before = flow.layers[-2] if len(flow.layers) > 1 else None
+    return [before, affine] if isinstance(before, LULinear) and before.context_dim == 0 else [affine]
+
+
+def advi_init(flow: Flow, log_p, steps: int = 300, particles: int = 64, lr: float = 0.05) -> None:
+    """Fit only the Gaussian part (final affine, and LU when present: full rank) by the ELBO."""
+    layers = gaussian_layers(flow)
+    if not layers or steps <= 0:
         return
-    opt = torch.optim.Adam(affine.parameters(), lr=lr)
+    params = [p for layer in layers for p in layer.parameters()]
+    opt = torch.optim.Adam(params, lr=lr)
     for _ in range(steps):
         loss = elbo_step(flow, log_p, particles)[0]
         opt.zero_grad()
         if not torch.isfinite(loss):
             continue
         loss.backward()
-        if all(torch.isfinite(p.grad).all() for p in affine.parameters() if p.grad is not None):
+        if all(torch.isfinite(p.grad).all() for p in params if p.grad is not None):
             opt.step()
 
 
