@@ -17,12 +17,12 @@ from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from .base import FlowLayer, soft_clamp
 from .made import MADE, MaskedLinear
 
-# step(v_i, params_i) -> (u_i, log-scale_i); v_i, u_i: batch; params_i: (*batch, params_per_dim)
+# step(v_i, params_i) -> (u_i, log-scale_i), over the flattened batch:
+# v_i, u_i, log-scale_i: (N,); params_i: (N, params_per_dim), MADE's outputs for variable i
 Step = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
@@ -80,33 +80,34 @@ class SequentialPlan(nn.Module):
         log-scales ``(*B)``, ``B`` = broadcast of ``batch`` with the context's."""
         dim, ppd, L = self.dim, self.ppd, self.n_hidden
         W, b, acts = self._weights(made)
-        w_in = W[0][:, :dim].t().contiguous()  # row j: what solving variable j adds to layer 1
-        if made.context_dim:
-            batch = torch.broadcast_shapes(v.shape[:-1], context.shape[:-1])
-            h = F.linear(context, W[0][:, dim:], b[0])
+        batch = torch.broadcast_shapes(v.shape[:-1], context.shape[:-1]) if made.context_dim else v.shape[:-1]
+        # Work unit-major, (units, N): a step's prefix of units is then a contiguous block.
+        vt = v.expand(*batch, dim).reshape(-1, dim).t().contiguous()
+        n_points = vt.shape[1]
+        if made.context_dim:  # the context's share of layer 1, computed once
+            c = context.expand(*batch, made.context_dim).reshape(-1, made.context_dim)
+            h = torch.addmm(b[0][:, None], W[0][:, dim:], c.t())
         else:
-            batch, h = v.shape[:-1], b[0]
-        h = h.expand(*batch, h.shape[-1])
-        if L:  # output rows of variable j as one (ppd, hidden) block
+            h = b[0][:, None].expand(-1, n_points)
+        w_in = W[0][:, :dim].t().contiguous()  # row j: what solving variable j adds to layer 1
+        if L:  # output rows of variable j as one (ppd, units) block
             w_out = W[-1].unflatten(0, (ppd, dim)).transpose(0, 1).contiguous()
-            b_out = b[-1].unflatten(0, (ppd, dim)).t().contiguous()
-        solved, logs = [], []
+            b_out = b[-1].unflatten(0, (ppd, dim)).t().contiguous()[..., None]
+        solved, logs = [None] * dim, []
         for k, j in enumerate(self.var_by_rank):
             if L:
-                a = acts[0](h[..., : self.prefix[0][k]])
+                a = acts[0](h[: self.prefix[0][k]])
                 for l in range(1, L):
                     n, n_prev = self.prefix[l][k], self.prefix[l - 1][k]
-                    a = acts[l](F.linear(a, W[l][:n, :n_prev], b[l][:n]))
-                params = F.linear(a, w_out[j][:, : self.prefix[-1][k]], b_out[j])
+                    a = acts[l](torch.addmm(b[l][:n, None], W[l][:n, :n_prev], a))
+                params = torch.addmm(b_out[j], w_out[j][:, : self.prefix[-1][k]], a)
             else:  # no hidden layer: h already is the output pre-activation
-                params = h[..., j::dim]
-            u_j, s_j = step(v[..., j], params)
-            solved.append(u_j)
+                params = h[j::dim]
+            solved[j], s_j = step(vt[j], params.t())
             logs.append(s_j)
             if k < dim - 1:
-                h = torch.addcmul(h, u_j.unsqueeze(-1), w_in[j])
-        u = torch.stack(solved, -1)[..., made.rank]  # rank order -> index order
-        return u, torch.stack(logs, -1).sum(-1)
+                h = torch.addr(h, w_in[j], solved[j])
+        return torch.stack(solved, -1).reshape(*batch, dim), torch.stack(logs).sum(0).reshape(batch)
 
 
 class AffineAutoregressive(FlowLayer):

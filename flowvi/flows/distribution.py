@@ -89,10 +89,12 @@ class FlowDistribution(pdist.TransformedDistribution):
     arg_constraints: dict = {}
     has_rsample = True
 
-    def __init__(self, flow: "Flow", context: Tensor | None = None):
+    def __init__(self, flow: "Flow", context: Tensor | None = None, batch_shape: Sequence[int] | None = None):
         self.flow = flow
         self.context = context
-        batch_shape = context.shape[:-1] if context is not None else torch.Size()
+        if batch_shape is None:
+            batch_shape = context.shape[:-1] if context is not None else torch.Size()
+        batch_shape = torch.Size(batch_shape)
         # set up what TransformedDistribution.__init__ would, without its per-call shape
         # inference: the event is always (dim,) and the batch is the context's
         self.base_dist = flow.base(batch_shape)
@@ -134,16 +136,15 @@ class FlowDistribution(pdist.TransformedDistribution):
         return lp + self.base_dist.log_prob(x)
 
     def expand(self, batch_shape, _instance=None):
+        """Independent copies over ``batch_shape`` (as Pyro's plates and vectorised
+        particles ask): the layers broadcast over any leading batch dims."""
+        batch_shape = torch.Size(batch_shape)
+        if batch_shape == self.batch_shape:
+            return self
         context = self.context
-        if context is None:
-            context_shape = torch.Size(batch_shape)
-            if context_shape == self.batch_shape:
-                return self
-            raise NotImplementedError(
-                "an unconditional flow has batch_shape (); wrap it in a plate with .to_event or "
-                "give it a context instead of expanding it"
-            )
-        return FlowDistribution(self.flow, context.expand(*batch_shape, context.shape[-1]))
+        if context is not None:
+            context = context.expand(*batch_shape, context.shape[-1])
+        return FlowDistribution(self.flow, context, batch_shape)
 
 
 class Flow(nn.Module):

@@ -1,23 +1,37 @@
 """Radial flow (Rezende & Mohamed 2015): ``x = z + beta (z - z0) / (alpha + |z - z0|)``.
 
-Cheap in both directions: the inverse has a closed form (the radius of ``x``
-determines the radius of ``z`` through a quadratic).
+Cheap in both directions: the inverse is exact and closed form, because the
+radius of ``x - z0`` fixes the radius of ``z - z0`` through a quadratic.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
+from torch import Tensor
 from torch.nn import functional as F
 
 from .base import FlowLayer, inverse_softplus
 from .params import ParamNet
 
 
+def _radius(d: Tensor) -> Tensor:
+    # the floor keeps the gradient of |d| finite at d = 0 (where the map is smooth anyway)
+    return (d * d).sum(-1).clamp_min(1e-30).sqrt()
+
+
 class Radial(FlowLayer):
-    """One radial step; ``alpha = softplus(.) > 0`` and ``beta = -alpha + softplus(.)``
-    keep it invertible. A context makes ``(z0, alpha, beta)`` per context row.
-    Shapes as for every ``FlowLayer``.
+    """One radial step ``x = z + beta h(r) (z - z0)``, ``h = 1/(alpha + r)``, ``r = |z - z0|``.
+
+    ``alpha = softplus(.) > 0`` and ``beta = -alpha + softplus(.) > -alpha`` keep
+    it invertible (Pyro's convention too). It starts with ``alpha = 1`` and
+    ``beta`` about 0.006, so ``|x - z| < 0.01``; centres ``z0`` start at random
+    draws of the base. With ``context_dim > 0`` a hypernetwork emits
+    ``(z0, alpha, beta)`` per context row.
+
+    Shapes: ``z`` ``(*batch, dim)``, context ``(*cbatch, context_dim)`` with
+    ``cbatch`` broadcasting to ``batch``; ``x`` is ``(*batch, dim)`` and ``ladj``
+    ``broadcast(batch, cbatch)``.
     """
 
     inverse_kind = "exact"
@@ -25,43 +39,46 @@ class Radial(FlowLayer):
 
     def __init__(self, dim: int, context_dim: int = 0, hidden: Sequence[int] = (64, 64), init_scale: float = 0.01):
         super().__init__(dim, context_dim)
-        g = torch.Generator().manual_seed(dim + 31 * context_dim)
-        a = inverse_softplus(1.0)
+        raw_alpha = inverse_softplus(1.0)
         self.params = ParamNet(
             {
-                "z0": init_scale * torch.randn(dim, generator=g),
-                "alpha": torch.tensor(a),
-                # softplus(a + eps) - 1: beta starts a hair above 0 (near identity, live gradients)
-                "beta": torch.tensor(a + init_scale),
+                "z0": torch.randn(dim),
+                "alpha": torch.tensor(raw_alpha),
+                # beta = softplus(raw_alpha + eps) - 1, a hair above 0: near the identity with live gradients
+                "beta": torch.tensor(raw_alpha + init_scale),
             },
             context_dim,
             hidden,
         )
 
-    def _params(self, context):
-        z0, a, bt = self.params(context)
-        alpha = F.softplus(a)
-        return z0, alpha, -alpha + F.softplus(bt)
+    def coefficients(self, context: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """``(z0, alpha, beta)``: shapes ``(*cbatch, dim)``, ``cbatch``, ``cbatch``."""
+        z0, raw_alpha, raw_beta = self.params(context)
+        alpha = F.softplus(raw_alpha)
+        return z0, alpha, F.softplus(raw_beta) - alpha
 
-    def _ladj(self, r, alpha, beta):
+    def _ladj(self, r: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
+        # det J = (1 + beta h)^(d-1) (1 + beta h + beta h'(r) r), and 1 + beta h + beta h' r = 1 + beta alpha h^2
         h = 1 / (alpha + r)
         return (self.dim - 1) * torch.log1p(beta * h) + torch.log1p(beta * alpha * h * h)
 
-    def forward_and_log_det(self, z, context=None):
+    def forward_and_log_det(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._check(z, context)
-        z0, alpha, beta = self._params(context)
+        z0, alpha, beta = self.coefficients(context)
         d = z - z0
-        r = torch.sqrt((d * d).sum(-1).clamp_min(1e-30))
+        r = _radius(d)
         return z + (beta / (alpha + r)).unsqueeze(-1) * d, self._ladj(r, alpha, beta)
 
-    def inverse_and_log_det(self, x, context=None):
+    def inverse_and_log_det(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Exact inverse: ``|x - z0| = r (1 + beta/(alpha + r))`` is a quadratic in ``r``."""
         self._check(x, context)
-        z0, alpha, beta = self._params(context)
+        z0, alpha, beta = self.coefficients(context)
         dx = x - z0
-        rx = torch.sqrt((dx * dx).sum(-1).clamp_min(1e-30))
-        # r^2 + r (alpha + beta - rx) - rx alpha = 0; the root form chosen by sign avoids cancellation
+        rx = _radius(dx)
+        # r^2 + B r - alpha rx = 0 with B = alpha + beta - rx has one root r >= 0; of the two
+        # algebraically equal forms, take the one that does not subtract nearly equal numbers
         B = alpha + beta - rx
-        disc = torch.sqrt(B * B + 4 * rx * alpha)
-        r = torch.where(B > 0, 2 * rx * alpha / (B + disc), (disc - B) / 2)
-        z = z0 + dx / (1 + beta / (alpha + r)).unsqueeze(-1)
+        disc = torch.sqrt(B * B + 4 * alpha * rx)
+        r = torch.where(B > 0, 2 * alpha * rx / (B + disc), (disc - B) / 2)
+        z = z0 + dx * ((alpha + r) / (alpha + r + beta)).unsqueeze(-1)
         return z, self._ladj(r, alpha, beta)

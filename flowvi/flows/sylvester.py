@@ -1,20 +1,22 @@
 """Sylvester flows (van den Berg et al. 2018): ``x = z + Q R tanh(R~ Q^T z + b)``.
 
-``Q`` (dim x M) has orthonormal columns; ``R``, ``R~`` are M x M upper
-triangular with diagonals ``tanh(.)`` so ``r_ii r~_ii > -1`` (invertible), and
-``log|det J| = sum_i log(1 + r_ii r~_ii tanh'(.)_i)``.  Three ways to make Q:
+``Q`` (dim x M) has orthonormal columns; ``R`` and ``R~`` are M x M upper
+triangular with diagonals ``tanh(.)``, so ``r_ii r~_ii > -1 = -1/sup tanh'`` and
+the map is invertible, with ``log|det J| = sum_i log(1 + r_ii r~_ii tanh'(.)_i)``.
+Three ways to make Q:
 
-* ``"orthogonal"``: free ``dim x M`` matrix made orthonormal by the iterative
-  procedure ``Q <- Q (I + (I - Q^T Q) / 2)`` (run to convergence);
-* ``"householder"``: product of ``num_householder`` reflections (M = dim);
-* ``"triangular"``: identity, or the reversal permutation with ``flip=True``.
+* ``"orthogonal"``: a free ``dim x M`` matrix made orthonormal by the iteration
+  ``Q <- Q (I + (I - Q^T Q) / 2)`` (``orthogonalize``);
+* ``"householder"``: a product of ``num_householder`` reflections (M = dim);
+* ``"triangular"``: the identity, or the reversal permutation with ``flip=True``.
 
-Cheap direction: sampling. Inverse: *numerical*, by back-substitution through
-the triangular system, one bracketed scalar root per coordinate
-(``rootfind.sylvester_inverse``): M sequential scalar solves.
+Cheap direction: sampling. The inverse is *numerical*: with ``u = Q^T z`` the
+equation ``Q^T x = u + R tanh(R~ u + b)`` is triangular, so it is solved by
+back-substitution, one bracketed scalar root-find per coordinate (M in sequence).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import torch
@@ -22,33 +24,62 @@ from torch import Tensor
 
 from .base import FlowLayer
 from .params import ParamNet
-from .rootfind import sylvester_inverse, tolerance
+from .planar import solve_increasing, tolerance
 
 KINDS = ("orthogonal", "householder", "triangular")
 
 
-def orthogonalize(Q: Tensor, max_iter: int = 100) -> Tensor:
-    """Iterate ``Q <- Q (I + (I - Q^T Q)/2)`` until ``Q^T Q = I`` to the dtype's tolerance.
+def orthogonalize(Q: Tensor, max_iter: int = 50) -> Tensor:
+    """Orthonormalise the columns of ``Q`` (*, D, M), M <= D, full column rank.
 
-    ``Q`` (*, D, M) is first scaled to unit RMS singular value, inside the
-    iteration's region of convergence for the near-orthogonal matrices it sees.
+    Iterates ``Q <- Q (I + (I - Q^T Q)/2)`` (Bjorck & Bowie; van den Berg et al.),
+    which maps each singular value ``s -> s (3 - s^2)/2`` and converges to 1 from
+    any ``s`` in ``(0, 1]``. Dividing by ``sqrt(max row sum |Q^T Q|) >= s_max``
+    first puts every singular value there, and is nearly 1 for the nearly
+    orthonormal matrices seen in training, which then need only a few steps.
+    Stops when ``|Q^T Q - I| <= tolerance(dtype)/10`` or stalls at rounding level.
     """
-    M = Q.shape[-1]
-    eye = torch.eye(M, dtype=Q.dtype, device=Q.device)
-    Q = Q * (M**0.5 / Q.square().sum((-2, -1), keepdim=True).sqrt().clamp_min(1e-12))
-    tol = 10 * tolerance(Q.dtype)
+    eye = torch.eye(Q.shape[-1], dtype=Q.dtype, device=Q.device)
+    gram = Q.transpose(-1, -2) @ Q
+    bound = gram.abs().sum(-1).amax(-1)[..., None, None].clamp_min(torch.finfo(Q.dtype).tiny)
+    Q, gram = Q * bound.rsqrt(), gram / bound
+    tol, err = 0.1 * tolerance(Q.dtype), float("inf")
     for _ in range(max_iter):
-        gap = eye - Q.transpose(-1, -2) @ Q
-        if bool(gap.abs().max() < tol):
+        gap = eye - gram
+        prev, err = err, float(gap.detach().abs().max())
+        # near convergence the error squares each step; when it stops falling, rounding rules
+        if err <= tol or (err < 1e-3 and err > 0.5 * prev):
             break
         Q = Q + 0.5 * (Q @ gap)
+        gram = Q.transpose(-1, -2) @ Q
+    if err > 1e-3:
+        warnings.warn(f"orthogonalize did not converge (|Q^T Q - I| = {err:.2g}): Q is (nearly) rank deficient", RuntimeWarning)
     return Q
 
 
+def _vecmat(v: Tensor, A: Tensor) -> Tensor:
+    """Row vectors times matrices, broadcasting the batch dims of both (``v @ A``)."""
+    return v @ A if A.dim() == 2 else (v.unsqueeze(-2) @ A).squeeze(-2)
+
+
 class Sylvester(FlowLayer):
-    """One Sylvester step; a context makes every parameter per-row (the Sylvester-VAE
-    amortisation). Shapes as for every ``FlowLayer``; ``m`` is M for ``"orthogonal"``
-    (default ``dim``)."""
+    """One Sylvester step ``x = z + Q R tanh(R~ Q^T z + b)`` on ``R^dim``.
+
+    Args:
+        dim: event size D.
+        kind: ``"orthogonal"``, ``"householder"`` or ``"triangular"`` (module doc).
+        m: M, the number of columns of Q, for ``"orthogonal"`` (default ``dim``);
+            the other kinds have M = dim.
+        num_householder: reflections for ``"householder"`` (default ``min(dim, 8)``).
+        flip: for ``"triangular"``, use the reversal permutation as Q.
+        context_dim, hidden: with ``context_dim > 0`` a hypernetwork emits every
+            parameter per context row (the amortised Sylvester VAE).
+
+    Shapes: ``z`` ``(*batch, dim)``, context ``(*cbatch, context_dim)`` with
+    ``cbatch`` broadcasting to ``batch``; ``x`` is ``(*batch, dim)`` and ``ladj``
+    ``broadcast(batch, cbatch)``. Starts near the identity (``R`` about 0.1 I,
+    ``R~`` about 0.01). The inverse is numerical (module doc).
+    """
 
     inverse_kind = "numerical"
     cheap_direction = "sample"
@@ -67,68 +98,109 @@ class Sylvester(FlowLayer):
         super().__init__(dim, context_dim)
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-        self.kind, self.flip = kind, bool(flip)
-        M = self.m = int(m or dim) if kind == "orthogonal" else dim
+        if m is not None and kind != "orthogonal" and int(m) != dim:
+            raise ValueError(f"m sets the columns of Q only for kind='orthogonal'; {kind!r} has m = dim = {dim}")
+        M = dim if m is None else int(m)
         if not 1 <= M <= dim:
-            raise ValueError(f"m must be in [1, dim={dim}], got {M}")
-        g = torch.Generator().manual_seed(dim + 7 * M + 13 * context_dim)
+            raise ValueError(f"m must be in [1, dim={dim}], got {m!r}")
+        self.kind, self.m, self.flip = kind, M, bool(flip) and kind == "triangular"
+        n_upper = M * (M - 1) // 2  # only the strict upper triangles are parameters
         init = {
-            "R": init_scale * torch.randn(M, M, generator=g),
-            "R_tilde": init_scale * torch.randn(M, M, generator=g),
-            "diag": torch.full((M,), 0.1) + init_scale * torch.randn(M, generator=g),
-            "diag_tilde": init_scale * torch.randn(M, generator=g),
+            "r": init_scale * torch.randn(n_upper),
+            "r_tilde": init_scale * torch.randn(n_upper),
+            "diag": 0.1 + init_scale * torch.randn(M),
+            "diag_tilde": init_scale * torch.randn(M),
             "b": torch.zeros(M),
         }
         if kind == "orthogonal":
-            init["Q"] = torch.linalg.qr(torch.randn(dim, M, generator=g))[0]
+            init["Q"] = torch.linalg.qr(torch.randn(dim, M))[0]
         elif kind == "householder":
             self.num_householder = int(num_householder or min(dim, 8))
-            init["v"] = torch.randn(self.num_householder, dim, generator=g)
+            if self.num_householder < 1:
+                raise ValueError(f"num_householder must be >= 1, got {num_householder!r}")
+            init["v"] = torch.randn(self.num_householder, dim)
         self.params = ParamNet(init, context_dim, hidden)
-        self.register_buffer("triu", torch.triu(torch.ones(M, M), 1))
-        perm = torch.eye(dim).flip(-1) if self.flip else torch.eye(dim)
-        self.register_buffer("perm", perm)
+        self.register_buffer("upper_idx", torch.triu_indices(M, M, 1), persistent=False)
 
-    def _Q(self, p: dict) -> Tensor:
-        if self.kind == "orthogonal":
-            return orthogonalize(p["Q"])
-        if self.kind == "triangular":
-            return self.perm
-        Q = self.perm.expand(*p["v"].shape[:-2], self.dim, self.dim)
-        for k in range(self.num_householder):
-            v = p["v"][..., k, :]
-            v = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-            Q = Q - 2 * (Q @ v.unsqueeze(-1)) @ v.unsqueeze(-2)
+    def _upper(self, strict: Tensor, diag: Tensor) -> Tensor:
+        R = strict.new_zeros(*strict.shape[:-1], self.m, self.m)
+        R[..., self.upper_idx[0], self.upper_idx[1]] = strict
+        return R + torch.diag_embed(torch.tanh(diag))
+
+    def _householder(self, v: Tensor) -> Tensor:
+        v = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        Q = torch.eye(self.dim, dtype=v.dtype, device=v.device).expand(*v.shape[:-2], self.dim, self.dim)
+        for k in range(self.num_householder):  # a few reflections, each over the whole batch
+            vk = v[..., k, :]
+            Q = Q - 2 * (Q @ vk.unsqueeze(-1)) * vk.unsqueeze(-2)
         return Q
 
-    def _factors(self, context):
+    def factors(self, context: Tensor | None = None) -> tuple[Tensor | None, Tensor, Tensor, Tensor]:
+        """``(Q, R, R~, b)``: ``(*cbatch, dim, M)``, ``(*cbatch, M, M)`` twice, ``(*cbatch, M)``.
+
+        ``Q`` is ``None`` for ``"triangular"`` (the identity, or the reversal if ``flip``).
+        """
         p = dict(zip(self.params.names, self.params(context)))
-        R = p["R"] * self.triu + torch.diag_embed(torch.tanh(p["diag"]))
-        Rt = p["R_tilde"] * self.triu + torch.diag_embed(torch.tanh(p["diag_tilde"]))
-        return self._Q(p), R, Rt, p["b"]
+        Q = orthogonalize(p["Q"]) if self.kind == "orthogonal" else self._householder(p["v"]) if self.kind == "householder" else None
+        return Q, self._upper(p["r"], p["diag"]), self._upper(p["r_tilde"], p["diag_tilde"]), p["b"]
+
+    def _to_q(self, v: Tensor, Q: Tensor | None) -> Tensor:
+        """``Q^T v`` for row vectors ``v`` (*, D) -> (*, M)."""
+        if Q is None:
+            return v.flip(-1) if self.flip else v
+        return _vecmat(v, Q)
+
+    def _from_q(self, y: Tensor, Q: Tensor | None) -> Tensor:
+        """``Q y`` for row vectors ``y`` (*, M) -> (*, D)."""
+        if Q is None:
+            return y.flip(-1) if self.flip else y
+        return _vecmat(y, Q.transpose(-1, -2))
 
     @staticmethod
-    def _vecmat(v: Tensor, A: Tensor) -> Tensor:
-        """Row vectors times matrices, broadcasting batch dims of both (``v @ A``)."""
-        return v @ A if A.dim() == 2 else (v.unsqueeze(-2) @ A).squeeze(-2)
+    def _ladj(R: Tensor, Rt: Tensor, h: Tensor) -> Tensor:
+        rr = torch.diagonal(R, dim1=-2, dim2=-1) * torch.diagonal(Rt, dim1=-2, dim2=-1)
+        return torch.log1p(rr * (1 - h * h)).sum(-1)
 
-    def _map(self, z, Q, R, Rt, b):
-        tr = lambda A: A.transpose(-1, -2)  # noqa: E731
-        a = self._vecmat(self._vecmat(z, Q), tr(Rt)) + b
-        h = torch.tanh(a)
-        x = z + self._vecmat(self._vecmat(h, tr(R)), tr(Q))
-        diag = torch.diagonal(R, dim1=-2, dim2=-1) * torch.diagonal(Rt, dim1=-2, dim2=-1)
-        return x, torch.log1p(diag * (1 - h * h)).sum(-1)
-
-    def forward_and_log_det(self, z, context=None):
+    def forward_and_log_det(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._check(z, context)
-        return self._map(z, *self._factors(context))
+        Q, R, Rt, b = self.factors(context)
+        # fold Q into the triangular factors once per parameter set rather than once per point
+        w_in, w_out = Rt.transpose(-1, -2), R.transpose(-1, -2)  # row-vector form: a = z Q R~^T + b, x = z + h R^T Q^T
+        if Q is not None:
+            w_in, w_out = Q @ w_in, w_out @ Q.transpose(-1, -2)
+        elif self.flip:
+            w_in, w_out = w_in.flip(-2), w_out.flip(-1)
+        h = torch.tanh(_vecmat(z, w_in) + b)
+        return z + _vecmat(h, w_out), self._ladj(R, Rt, h)
 
-    def inverse_and_log_det(self, x, context=None):
+    def inverse_and_log_det(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Numerical inverse by back-substitution (module doc), differentiable implicitly."""
         self._check(x, context)
-        Q, R, Rt, b = self._factors(context)
-        z = sylvester_inverse(x, Q, R, Rt, b)
-        return z, self._map(z, Q, R, Rt, b)[1]
+        Q, R, Rt, b = self.factors(context)
+        y = self._to_q(x, Q)
+        batch, M = torch.broadcast_shapes(y.shape[:-1], R.shape[:-2]), self.m
+        y, R, Rt, b = y.expand(*batch, M), R.expand(*batch, M, M), Rt.expand(*batch, M, M), b.expand(*batch, M)
+        # running sums over the solved coordinates k > i: pre[i] = b_i + sum R~_ik u_k, post[i] = sum R_ik h_k
+        pre, post = b, torch.zeros_like(y)
+        u_cols, h_cols = [], []
+        for i in range(M - 1, -1, -1):
+            rii, rtii, c, target = R[..., i, i], Rt[..., i, i], pre[..., i], y[..., i] - post[..., i]
+
+            def g(v, rii=rii, rtii=rtii, c=c, target=target):
+                t = torch.tanh(rtii * v + c)
+                return v + rii * t - target, 1 + rii * rtii * (1 - t * t)
+
+            # |tanh| <= 1 brackets u_i within |r_ii| of its target
+            u = solve_increasing(g, target - rii.abs(), target + rii.abs())
+            value, slope = g(u)
+            u = u - value / slope  # differentiable polish: the implicit-function gradient
+            h = torch.tanh(rtii * u + c)
+            pre = pre + Rt[..., :, i] * u.unsqueeze(-1)
+            post = post + R[..., :, i] * h.unsqueeze(-1)
+            u_cols.append(u)
+            h_cols.append(h)
+        u, h = torch.stack(u_cols[::-1], -1), torch.stack(h_cols[::-1], -1)
+        return x - self._from_q(y - u, Q), self._ladj(R, Rt, h)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, kind={self.kind}, m={self.m}, context_dim={self.context_dim}"
+        return f"dim={self.dim}, kind={self.kind}, m={self.m}, flip={self.flip}, context_dim={self.context_dim}"

@@ -1,0 +1,4 @@
+"""Pyro guides built on flowvi's flow families."""
+from .autoflow import AutoFlow
+
+__all__ = ["AutoFlow"]

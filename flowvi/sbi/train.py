@@ -1,0 +1,232 @@
+"""The training loop shared by NPE and SNPE: minibatch Adam with gradient clipping,
+a held-out validation split, early stopping on the validation loss, a progress
+bar and resumable checkpoints.
+
+Everything is batched tensor work: the data live as tensors, a batch is an index
+slice, the atomic loss draws its atoms for a whole batch in one call.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import time
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ._rng import generator
+from .estimator import PosteriorEstimator
+from .losses import atomic_loss, npe_loss
+
+CHECKPOINT_FORMAT = "flowvi.sbi.checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+@dataclasses.dataclass
+class TrainingData:
+    """Training tensors in the estimator's space.
+
+    Attributes:
+        z: standardised unbounded parameters ``(N, d)``.
+        x: data ``(N, *x_shape)``.
+        prior_lp: ``est.prior_log_prob_z(z)`` ``(N,)`` (atomic loss only).
+        from_prior: bool ``(N,)``: row drawn from the prior.
+        is_val: bool ``(N,)``: row held out for validation.
+    """
+
+    z: Tensor
+    x: Tensor
+    prior_lp: Tensor | None
+    from_prior: Tensor
+    is_val: Tensor
+
+    def fingerprint(self) -> list[float]:
+        """A cheap summary identifying the data (to refuse resuming on other data)."""
+        return [float(self.z.shape[0]), float(self.z.double().sum()), float(self.x.double().sum()),
+                float(self.is_val.sum())]
+
+
+@dataclasses.dataclass
+class TrainingResult:
+    """What a ``train()`` call did."""
+
+    loss: str
+    epochs: int
+    best_epoch: int
+    best_val_loss: float
+    train_loss: list[float]
+    val_loss: list[float]
+    stopped: str  # "patience", "max_epochs" or "resumed-finished"
+    seconds: float
+    n_train: int
+    n_val: int
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed from (other data, other version, other model)."""
+
+
+def _batches(n: int, batch_size: int, g: torch.Generator) -> list[Tensor]:
+    perm = torch.randperm(n, generator=g)
+    return list(perm.split(batch_size))
+
+
+def _loss(est, data: TrainingData, idx: Tensor, kind: str, num_atoms: int, combined: bool, g) -> Tensor:
+    z, x = data.z[idx], data.x[idx]
+    if kind == "npe":
+        return npe_loss(est, z, x)
+    return atomic_loss(est, z, x, data.prior_lp[idx], num_atoms, g, data.from_prior[idx] if combined else None)
+
+
+@torch.no_grad()
+def _val_loss(est, data, val_idx, kind, num_atoms, combined, batch_size, seed) -> float:
+    if val_idx.numel() == 0:
+        return float("nan")
+    est.eval()
+    try:
+        # the atomic loss depends on the batch composition: score validation in training-size batches,
+        # with atoms from a fixed stream so epochs compare like with like
+        g = generator(seed, 7919)
+        size = 8192 if kind == "npe" else batch_size
+        total = 0.0
+        for idx in val_idx.split(size):
+            if kind != "npe" and idx.numel() < min(num_atoms, 2):
+                continue
+            total += float(_loss(est, data, idx, kind, num_atoms, combined, g).sum())
+        return total / val_idx.numel()
+    finally:
+        est.train()
+
+
+def _save_atomic(obj: Any, path: str) -> None:
+    tmp = f"{path}.tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train_estimator(
+    est: PosteriorEstimator,
+    data: TrainingData,
+    *,
+    loss: str = "npe",
+    num_atoms: int = 10,
+    combined_loss: bool = False,
+    batch_size: int = 200,
+    lr: float = 5e-4,
+    max_epochs: int = 1000,
+    patience: int = 20,
+    clip: float | None = 5.0,
+    seed: int | None = 0,
+    show_progress: bool = True,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
+) -> TrainingResult:
+    """Train ``est`` in place and leave it at the best validation state.
+
+    Args:
+        est: the estimator (its z-scoring already fitted).
+        data: training tensors (see ``TrainingData``).
+        loss: ``"npe"`` or ``"atomic"``.
+        num_atoms, combined_loss: atomic-loss settings (see ``flowvi.sbi.losses``).
+        batch_size, lr, clip: minibatch size, Adam step size, gradient-norm clip (None: off).
+        max_epochs, patience: stop after ``patience`` epochs without a better
+            validation loss, or after ``max_epochs``.
+        seed: drives batch order and atoms (None: unseeded).
+        show_progress: tqdm bar over epochs (silent when False).
+        checkpoint: file saved atomically after every epoch (current and best state,
+            optimiser, counters, RNG), so an interrupted ``train`` can continue.
+        resume: continue from ``checkpoint`` when it exists (it must hold the same data).
+    """
+    if loss not in ("npe", "atomic"):
+        raise ValueError(f"loss must be 'npe' or 'atomic', got {loss!r}")
+    train_idx = (~data.is_val).nonzero().squeeze(1)
+    val_idx = data.is_val.nonzero().squeeze(1)
+    if train_idx.numel() == 0:
+        raise ValueError("no training rows left after the validation split; append more simulations")
+    if loss == "atomic" and train_idx.numel() < 2:
+        raise ValueError("the atomic loss needs at least 2 training rows")
+    opt = torch.optim.Adam(est.parameters(), lr=lr)
+    g = generator(seed, 104729)
+    state = dict(epoch=0, best_val=float("inf"), best_epoch=0, bad=0, train_loss=[], val_loss=[], done=False)
+    best_state = copy.deepcopy(est.state_dict())
+    fingerprint = data.fingerprint()
+    ckpt = os.fspath(checkpoint) if checkpoint is not None else None
+    if ckpt and resume and os.path.exists(ckpt):
+        saved = torch.load(ckpt, weights_only=False)
+        if saved.get("format") != CHECKPOINT_FORMAT or saved.get("version") != CHECKPOINT_VERSION:
+            raise CheckpointError(
+                f"{ckpt} is not a flowvi.sbi checkpoint of version {CHECKPOINT_VERSION} "
+                f"(found format {saved.get('format')!r}, version {saved.get('version')!r})"
+            )
+        if saved["fingerprint"] != fingerprint or saved["loss"] != loss:
+            raise CheckpointError(
+                f"{ckpt} was written while training on other data or with another loss "
+                f"({saved['loss']!r}); append the same simulations (in the same order) to resume, or pass resume=False"
+            )
+        try:
+            est.load_state_dict(saved["model"])
+        except RuntimeError as err:
+            raise CheckpointError(f"{ckpt} holds a differently built estimator: {err}") from None
+        opt.load_state_dict(saved["optimizer"])
+        best_state = saved["best_model"]
+        state.update(saved["state"])
+        g.set_state(saved["generator"])
+
+    t0 = time.perf_counter()
+    bar = tqdm(total=max_epochs, initial=state["epoch"], disable=not show_progress, desc=f"train ({loss})",
+               unit="epoch", leave=False)
+    est.train()
+    params = [p for p in est.parameters() if p.requires_grad]
+    try:
+        while not state["done"] and state["epoch"] < max_epochs:
+            running = torch.zeros(())
+            for idx in _batches(train_idx.numel(), batch_size, g):
+                rows = train_idx[idx]
+                if loss == "atomic" and rows.numel() < 2:
+                    continue  # a one-row tail batch has no other row to contrast with
+                value = _loss(est, data, rows, loss, num_atoms, combined_loss, g).mean()
+                opt.zero_grad(set_to_none=True)
+                value.backward()
+                if clip is not None:
+                    torch.nn.utils.clip_grad_norm_(params, clip)
+                opt.step()
+                running = running + value.detach() * rows.numel()
+            state["epoch"] += 1
+            state["train_loss"].append(float(running) / train_idx.numel())
+            val = _val_loss(est, data, val_idx, loss, num_atoms, combined_loss, batch_size, seed)
+            state["val_loss"].append(val)
+            score = val if val_idx.numel() else state["train_loss"][-1]
+            if not (score == score) or score == float("inf"):
+                raise FloatingPointError(
+                    f"training loss became {score} at epoch {state['epoch']}; lower lr, check the data "
+                    "for extreme values, or use robust z-scoring"
+                )
+            if score < state["best_val"]:
+                state.update(best_val=score, best_epoch=state["epoch"], bad=0)
+                best_state = copy.deepcopy(est.state_dict())
+            else:
+                state["bad"] += 1
+                if val_idx.numel() and state["bad"] >= patience:
+                    state["done"] = True
+            bar.update(1)
+            bar.set_postfix(train=f"{state['train_loss'][-1]:.3f}", val=f"{val:.3f}", best=f"{state['best_val']:.3f}")
+            if ckpt:
+                _save_atomic(
+                    {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "loss": loss,
+                     "fingerprint": fingerprint, "model": est.state_dict(), "best_model": best_state,
+                     "optimizer": opt.state_dict(), "state": state, "generator": g.get_state()},
+                    ckpt,
+                )
+    finally:
+        bar.close()
+    est.load_state_dict(best_state)
+    est.eval()
+    stopped = "patience" if state["done"] else "max_epochs"
+    return TrainingResult(
+        loss=loss, epochs=state["epoch"], best_epoch=state["best_epoch"], best_val_loss=state["best_val"],
+        train_loss=list(state["train_loss"]), val_loss=list(state["val_loss"]), stopped=stopped,
+        seconds=time.perf_counter() - t0, n_train=int(train_idx.numel()), n_val=int(val_idx.numel()),
+    )
