@@ -36,10 +36,10 @@ class CouplingMask(nn.Module):
         return v[..., 1 - self.parity :: 2], v[..., self.parity :: 2]
 
     def merge(self, kept: Tensor, moved: Tensor) -> Tensor:
-        if self.n_kept == 0:
-            return moved
         batch = torch.broadcast_shapes(kept.shape[:-1], moved.shape[:-1])
         kept, moved = kept.expand(*batch, self.n_kept), moved.expand(*batch, self.n_moved)
+        if self.n_kept == 0:
+            return moved
         if self.n_kept == self.n_moved:  # even dim: one interleaving copy
             pair = (moved, kept) if self.parity == 0 else (kept, moved)
             return torch.stack(pair, -1).flatten(-2)

@@ -51,34 +51,41 @@ class Radial(FlowLayer):
             hidden,
         )
 
+    def _raw(self, context):
+        # s = alpha + beta = softplus(.) > 0 is the quantity the formulas below need: using it
+        # directly (never alpha + beta) keeps them cancellation-free even as beta -> -alpha
+        z0, raw_alpha, raw_s = self.params(context)
+        return z0, F.softplus(raw_alpha), F.softplus(raw_s)
+
     def coefficients(self, context: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """``(z0, alpha, beta)``: shapes ``(*cbatch, dim)``, ``cbatch``, ``cbatch``."""
-        z0, raw_alpha, raw_beta = self.params(context)
-        alpha = F.softplus(raw_alpha)
-        return z0, alpha, F.softplus(raw_beta) - alpha
+        z0, alpha, s = self._raw(context)
+        return z0, alpha, s - alpha
 
-    def _ladj(self, r: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
-        # det J = (1 + beta h)^(d-1) (1 + beta h + beta h'(r) r), and 1 + beta h + beta h' r = 1 + beta alpha h^2
-        h = 1 / (alpha + r)
-        return (self.dim - 1) * torch.log1p(beta * h) + torch.log1p(beta * alpha * h * h)
+    def _ladj(self, r: Tensor, alpha: Tensor, s: Tensor) -> Tensor:
+        # det J = (1 + beta h)^(d-1) (1 + beta h + beta h'(r) r) with 1 + beta h = (r + s) h and
+        # 1 + beta h + beta h' r = 1 + alpha beta h^2 = (r^2 + 2 alpha r + alpha s) h^2: all terms positive
+        log_h = -torch.log(alpha + r)
+        return (self.dim - 1) * (torch.log(r + s) + log_h) + torch.log(r * (r + 2 * alpha) + alpha * s) + 2 * log_h
 
     def forward_and_log_det(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._check(z, context)
-        z0, alpha, beta = self.coefficients(context)
+        z0, alpha, s = self._raw(context)
         d = z - z0
         r = _radius(d)
-        return z + (beta / (alpha + r)).unsqueeze(-1) * d, self._ladj(r, alpha, beta)
+        # z + beta h d = z0 + (1 + beta h) d
+        return z0 + ((r + s) / (alpha + r)).unsqueeze(-1) * d, self._ladj(r, alpha, s)
 
     def inverse_and_log_det(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Exact inverse: ``|x - z0| = r (1 + beta/(alpha + r))`` is a quadratic in ``r``."""
+        """Exact inverse: ``|x - z0| = r (r + s)/(alpha + r)``, ``s = alpha + beta``, is a quadratic in ``r``."""
         self._check(x, context)
-        z0, alpha, beta = self.coefficients(context)
+        z0, alpha, s = self._raw(context)
         dx = x - z0
         rx = _radius(dx)
-        # r^2 + B r - alpha rx = 0 with B = alpha + beta - rx has one root r >= 0; of the two
-        # algebraically equal forms, take the one that does not subtract nearly equal numbers
-        B = alpha + beta - rx
+        # r^2 + B r - alpha rx = 0 with B = s - rx has one root r >= 0; of the two algebraically
+        # equal forms, take the one that does not subtract nearly equal numbers
+        B = s - rx
         disc = torch.sqrt(B * B + 4 * alpha * rx)
         r = torch.where(B > 0, 2 * alpha * rx / (B + disc), (disc - B) / 2)
-        z = z0 + dx * ((alpha + r) / (alpha + r + beta)).unsqueeze(-1)
-        return z, self._ladj(r, alpha, beta)
+        z = z0 + dx * ((alpha + r) / (r + s)).unsqueeze(-1)
+        return z, self._ladj(r, alpha, s)

@@ -54,6 +54,11 @@ class PosteriorEstimator(nn.Module):
         self.x_shape = tuple(int(s) for s in x_shape)
         self.theta_dim = flow.dim
 
+    @staticmethod
+    def unbounded(prior: Distribution, theta: Tensor) -> Tensor:
+        """``u = T^{-1}(theta)`` for ``theta (..., d)`` in the support of ``prior``."""
+        return support_transform(prior).inv(theta)
+
     # -- data side ---------------------------------------------------------------------
     def context(self, x: Tensor) -> Tensor:
         """Embedded, standardised data: ``(*B, *x_shape) -> (*B, context_dim)``."""
