@@ -67,7 +67,7 @@ class Planar(FlowLayer):
     (the paper's Appendix A, and Pyro's convention) makes ``w.u_hat = m(w.u) > -1``,
     so ``1 + w.u_hat tanh'(.) > 0``: the map is invertible for any raw ``u, w``.
     It starts near the identity with ``|w| = 1`` and ``w.u = softplus^{-1}(1)``,
-    where ``m = 0`` and ``u_hat`` is a small vector orthogonal to ``w``.
+    where ``m = 0`` and ``u_hat`` is a small vector nearly orthogonal to ``w``.
 
     With ``context_dim > 0`` a hypernetwork emits ``(u, w, b)`` per context row
     (the amortised planar VAE). Shapes: ``z`` ``(*batch, dim)``, context
@@ -88,36 +88,48 @@ class Planar(FlowLayer):
         u = _SOFTPLUS_INV_1 * w + init_scale * torch.randn(dim) / math.sqrt(dim)
         self.params = ParamNet({"u": u, "w": w, "b": torch.zeros(())}, context_dim, hidden)
 
-    def vectors(self, context: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """``(u_hat, w, b)``: shapes ``(*cbatch, dim)``, ``(*cbatch, dim)``, ``cbatch``."""
+    def _vectors(self, context):
         u, w, b = self.params(context)
         wu = (w * u).sum(-1, keepdim=True)
+        sp = F.softplus(wu)
         # at w = 0 the map is a translation whatever u is; the clamp only avoids 0/0 there
-        u_hat = u + (F.softplus(wu) - 1 - wu) * w / (w * w).sum(-1, keepdim=True).clamp_min(1e-12)
-        return u_hat, w, b
+        u_hat = u + (sp - 1 - wu) * w / (w * w).sum(-1, keepdim=True).clamp_min(1e-12)
+        return u_hat, w, b, sp.squeeze(-1)
+
+    def vectors(self, context: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """``(u_hat, w, b)``: shapes ``(*cbatch, dim)``, ``(*cbatch, dim)``, ``cbatch``."""
+        return self._vectors(context)[:3]
+
+    @staticmethod
+    def _slope(t: Tensor, sp: Tensor) -> Tensor:
+        # 1 + (w.u_hat) tanh' with w.u_hat = softplus(w.u) - 1, written as a sum of non-negative
+        # terms: it stays positive even where w.u_hat rounds to -1; the floor on softplus only
+        # matters for w.u < -700, where the map is singular in floating point anyway
+        t2 = t * t
+        return t2 + sp.clamp_min(torch.finfo(sp.dtype).tiny) * (1 - t2)
 
     def forward_and_log_det(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._check(z, context)
-        u_hat, w, b = self.vectors(context)
+        u_hat, w, b, sp = self._vectors(context)
         t = torch.tanh((w * z).sum(-1) + b)
         x = z + u_hat * t.unsqueeze(-1)
-        return x, torch.log1p((w * u_hat).sum(-1) * (1 - t * t))
+        return x, torch.log(self._slope(t, sp))
 
     def inverse_and_log_det(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Numerical inverse: solve ``w.x = alpha + (w.u_hat) tanh(alpha + b)`` for ``alpha = w.z``."""
         self._check(x, context)
-        u_hat, w, b = self.vectors(context)
+        u_hat, w, b, sp = self._vectors(context)
         wx = (w * x).sum(-1)
-        wu = (w * u_hat).sum(-1).expand_as(wx)
-        b = b.expand_as(wx)
+        sp, b = sp.expand_as(wx), b.expand_as(wx)
+        wu = sp - 1
 
         def g(alpha):
             t = torch.tanh(alpha + b)
-            return alpha + wu * t - wx, 1 + wu * (1 - t * t)
+            return alpha + wu * t - wx, self._slope(t, sp)
 
         # |tanh| <= 1 puts the root within |w.u_hat| of w.x
         alpha = solve_increasing(g, wx - wu.abs(), wx + wu.abs())
         value, slope = g(alpha)
         alpha = alpha - value / slope  # differentiable polish: the implicit-function gradient
         t = torch.tanh(alpha + b)
-        return x - u_hat * t.unsqueeze(-1), torch.log1p(wu * (1 - t * t))
+        return x - u_hat * t.unsqueeze(-1), torch.log(self._slope(t, sp))

@@ -16,8 +16,9 @@ from .params import ParamNet
 
 
 def _radius(d: Tensor) -> Tensor:
-    # the floor keeps the gradient of |d| finite at d = 0 (where the map is smooth anyway)
-    return (d * d).sum(-1).clamp_min(1e-30).sqrt()
+    # vector_norm's gradient at d = 0 is 0 (not NaN), which is right there: the map is
+    # z0 + phi(|d|) d, whose Jacobian at the centre is phi(0) I
+    return torch.linalg.vector_norm(d, dim=-1)
 
 
 class Radial(FlowLayer):
@@ -86,6 +87,8 @@ class Radial(FlowLayer):
         # equal forms, take the one that does not subtract nearly equal numbers
         B = s - rx
         disc = torch.sqrt(B * B + 4 * alpha * rx)
-        r = torch.where(B > 0, 2 * alpha * rx / (B + disc), (disc - B) / 2)
+        pos = B > 0
+        # the guard keeps the branch torch.where discards finite: B + disc rounds to 0 when B << 0
+        r = torch.where(pos, 2 * alpha * rx / torch.where(pos, B + disc, 1.0), (disc - B) / 2)
         z = z0 + dx * ((alpha + r) / (r + s)).unsqueeze(-1)
         return z, self._ladj(r, alpha, s)

@@ -1,123 +1,247 @@
 """Monotone rational-quadratic splines (Durkan et al. 2019) and the layers on them.
 
 The elementwise spline maps ``[-bound, bound]`` onto itself through ``K`` bins
-and is the identity outside (linear tails with unit slope, and unit derivatives
-at the outer knots, so the map is C1). Unnormalised parameters per coordinate:
-``K`` widths, ``K`` heights and ``K - 1`` interior derivatives (``3K - 1``); all
-zero gives exactly the identity.
+and is the identity outside (linear tails of slope 1; the derivatives at the two
+outer knots are fixed to 1, so the map is C1 everywhere). Unnormalised
+parameters per coordinate, ``3K - 1`` of them: ``K`` widths, ``K`` heights
+(softmax, each bin at least ``MIN_WIDTH`` / ``MIN_HEIGHT`` of the interval) and
+``K - 1`` interior derivatives (``MIN_DERIVATIVE + softplus``, shifted so that a
+zero parameter gives derivative 1). All-zero parameters give the identity.
 
 * ``SplineCoupling``: spline of half the coordinates given the other half
-  (cheap and exact both ways);
+  (one pass and exact both ways);
 * ``SplineAutoregressive``: MADE-conditioned splines; ``cheap="sample"`` (IAF
   style, for VI) or ``cheap="density"`` (MAF style); the other direction is
-  exact but sequential (``dim`` passes).
+  exact but sequential (``dim`` partial MADE passes).
 
-Note Pyro's ``Spline`` transforms are also the identity outside ``bound``
-(default 3.0; pinned by tests/test_spline.py); flowvi's default bound is 5.
+Pyro's ``Spline`` transforms are also the identity outside their bound (default
+3.0; pinned by tests/test_spline.py); flowvi's default bound is 5. Pyro fixes the
+outer-knot derivatives to ``1 - min_derivative`` rather than 1, so its splines
+have a small kink at ``±bound``; flowvi's do not.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .autoregressive import SequentialPlan
 from .base import FlowLayer, inverse_softplus
 from .coupling import CouplingMask, conditioner_input
 from .made import MADE
 from .params import mlp
 
 MIN_WIDTH = MIN_HEIGHT = MIN_DERIVATIVE = 1e-3
-_DERIV_SHIFT = inverse_softplus(1 - MIN_DERIVATIVE)  # zero raw parameter -> derivative 1
+# softplus(0 + _DERIV_SHIFT) + MIN_DERIVATIVE == 1: zero parameters give unit slopes.
+_DERIV_SHIFT = inverse_softplus(1 - MIN_DERIVATIVE)
 
 
-def _knots(raw: Tensor, bound: float, minimum: float) -> tuple[Tensor, Tensor]:
-    """Bin sizes and the K+1 knot positions on [-bound, bound] from raw (..., K)."""
-    K = raw.shape[-1]
-    size = minimum + (1 - minimum * K) * torch.softmax(raw, -1)
-    knots = F.pad(torch.cumsum(size, -1), (1, 0))
-    knots = 2 * bound * knots - bound
-    knots = torch.cat([knots[..., :1].clamp(-bound, -bound), knots[..., 1:-1], knots[..., -1:].clamp(bound, bound)], -1)
-    return knots[..., 1:] - knots[..., :-1], knots
+def n_params(bins: int) -> int:
+    """Unnormalised parameters per coordinate for ``bins`` bins: ``3 * bins - 1``."""
+    return 3 * int(bins) - 1
 
 
-def rq_spline(x: Tensor, params: Tensor, bound: float, inverse: bool = False) -> tuple[Tensor, Tensor]:
-    """Elementwise monotone RQ spline.
+def _interior_knots(p: Tensor, bins: int, bound: float, ax: int) -> tuple[Tensor, Tensor]:
+    """Interior knots and their derivatives from unnormalised parameters.
+
+    ``p`` holds the ``3K - 1`` parameters along axis ``ax`` (-1 or -2). Returns
+    ``knots`` ``(..., 2, K - 1[, n])`` (x-positions then y-positions of knots
+    ``1..K-1``, along ``ax``) and ``deriv`` ``(..., K - 1[, n])``. The end knots,
+    ``±bound`` with derivative 1, are implicit: no padded table is materialised.
+    """
+    K = bins
+    # Widths and heights are adjacent, so one softmax and one cumsum serve both.
+    # split rather than narrow: its backward is one cat, not a zero-fill per piece.
+    raw_wh, raw_d = p.split([2 * K, K - 1], ax)
+    wh = torch.softmax(raw_wh.unflatten(ax, (2, K)), ax)
+    # Knot j (1 <= j < K) = -B + 2B * (MIN * j + (1 - MIN * K) * cumsum_j): the
+    # affine part is folded into one add against a constant offset.
+    j = torch.arange(1, K, dtype=p.dtype, device=p.device)
+    offset = -bound + 2 * bound * MIN_WIDTH * j
+    if ax == -2:
+        offset = offset[:, None]
+    knots = torch.add(offset, wh.split([K - 1, 1], ax)[0].cumsum(ax), alpha=2 * bound * (1 - MIN_WIDTH * K))
+    deriv = F.softplus(raw_d + _DERIV_SHIFT) + MIN_DERIVATIVE
+    return knots, deriv
+
+
+def rq_spline(x: Tensor, params: Tensor, bound: float, inverse: bool = False, param_dim: int = -1) -> tuple[Tensor, Tensor]:
+    """Elementwise monotone rational-quadratic spline, identity outside ``[-bound, bound]``.
 
     Args:
-        x: inputs ``(...)``.
-        params: unnormalised ``(..., 3K - 1)``: widths, heights, interior derivatives.
-        bound: the spline acts on ``[-bound, bound]``; identity outside.
-        inverse: evaluate the inverse map.
+        x: inputs. With ``param_dim=-1``, shape ``(...)`` and ``params``
+            ``(..., 3K - 1)``; with ``param_dim=-2`` (parameter-major, as MADE
+            gives), ``x`` ``(..., n)`` and ``params`` ``(..., 3K - 1, n)``. Batch
+            dimensions broadcast.
+        params: unnormalised widths (``K``), heights (``K``), interior
+            derivatives (``K - 1``), in that order along ``param_dim``.
+        bound: half-width of the spline's interval.
+        inverse: evaluate the inverse map (solving the bin's quadratic).
 
-    Returns: outputs ``(...)`` and the log-derivative of the *forward* map at the
-    forward input (so the same sign in both directions).
+    Returns:
+        ``(y, log_deriv)``, both of the broadcast shape: the map's value and
+        ``log f'`` of the *forward* map at the forward input (the same sign in
+        both directions, as the layer protocol wants).
     """
-    K = (params.shape[-1] + 1) // 3
-    w, cw = _knots(params[..., :K], bound, MIN_WIDTH)
-    h, ch = _knots(params[..., K : 2 * K], bound, MIN_HEIGHT)
-    d = MIN_DERIVATIVE + F.softplus(params[..., 2 * K :] + _DERIV_SHIFT)
-    one = torch.ones_like(d[..., :1])
-    d = torch.cat([one, d, one], -1)
-    inside = (x >= -bound) & (x <= bound)
-    xc = x.clamp(-bound, bound)
-    knots = ch if inverse else cw
-    idx = (torch.searchsorted(knots[..., 1:-1].contiguous(), xc.unsqueeze(-1).contiguous(), right=True))
-    take = lambda t: t.gather(-1, idx).squeeze(-1)  # noqa: E731
-    xk, wk, yk, hk, dk, dk1 = take(cw[..., :-1]), take(w), take(ch[..., :-1]), take(h), take(d[..., :-1]), take(d[..., 1:])
-    sk = hk / wk
-    c2 = dk1 + dk - 2 * sk
+    if param_dim not in (-1, -2):
+        raise ValueError(f"param_dim must be -1 or -2, got {param_dim}")
+    ax = param_dim
+    K = (params.shape[ax] + 1) // 3
+    if 3 * K - 1 != params.shape[ax] or K < 1:
+        raise ValueError(f"spline parameters must number 3K-1 along dim {ax}, got {params.shape[ax]}")
+    bound = float(bound)
+    shape = torch.broadcast_shapes(x.shape, params.select(ax, 0).shape)
+    if K == 1:  # one bin with unit end slopes is the identity
+        return x.expand(shape), x.new_zeros(shape)
+    knots, deriv = _interior_knots(params, K, bound, ax)  # on the parameters' own batch only
+    xb = x.unsqueeze(ax)  # (..., 1[, n]): lines x up with the knot axis
+    inside = xb.abs() <= bound
+    xc = xb.clamp(-bound, bound)  # outside points take the (finite) end-bin values, then are replaced
+    # Bin index = number of interior knots at or below the point (points on a knot
+    # start the next bin). A broadcast comparison beats searchsorted at these K.
+    idx = (xc >= knots.select(ax - 1, 1 if inverse else 0)).sum(ax, keepdim=True)
+    # Gather the bin's interior ends (clamped), then put the implicit end knots in
+    # with cheap elementwise selects on the small per-point tensors.
+    pair = torch.cat([(idx - 1).clamp_min(0), idx.clamp_max(K - 2)], ax)
+    lead, tail = (shape, ()) if ax == -1 else (shape[:-1], shape[-1:])  # tail: the n axis
+    gk = knots.expand(*lead, 2, K - 1, *tail).gather(ax, pair.unsqueeze(ax - 1).expand(*lead, 2, 2, *tail))
+    gd = deriv.expand(*lead, K - 1, *tail).gather(ax, pair.expand(*lead, 2, *tail))
+    (x0, x1), (y0, y1) = (r.unbind(ax) for r in gk.unbind(ax - 1))
+    d0, d1 = gd.unbind(ax)
+    first, last = (idx == 0).squeeze(ax), (idx == K - 1).squeeze(ax)
+    x0, y0, d0 = torch.where(first, -bound, x0), torch.where(first, -bound, y0), torch.where(first, 1.0, d0)
+    x1, y1, d1 = torch.where(last, bound, x1), torch.where(last, bound, y1), torch.where(last, 1.0, d1)
+    xc = xc.squeeze(ax)
+    w, h = x1 - x0, y1 - y0
+    s = h / w
+    c2 = d0 + d1 - 2 * s
     if inverse:
-        dy = xc - yk
-        a = hk * (sk - dk) + dy * c2
-        b = hk * dk - dy * c2
-        c = -sk * dy
-        # the root in [0, 1] in its cancellation-free form
-        xi = (2 * c) / (-b - torch.sqrt((b * b - 4 * a * c).clamp_min(0)))
-        xi = xi.clamp(0, 1)
-        out = xk + xi * wk
+        # Solve for xi in Durkan et al. eq. (6)-(8). With t = (y - y_k) / h_k and
+        # u = d_k (1 - t) - d_{k+1} t, the discriminant b^2 - 4ac is u^2 + X with
+        # X = 4 s^2 t (1 - t) >= 0, and the root in [0, 1] is 2st / (2st + u + sqrt(u^2 + X)).
+        # Computing u + sqrt(u^2 + X) as X / (|u| + sqrt(...)) when u < 0 leaves no
+        # subtraction of nearly equal numbers anywhere (b^2 - 4ac itself cancels
+        # badly in float32 when s >> d), and both branches stay finite for autograd.
+        t = (xc - y0) / h
+        omt = 1 - t
+        u = d0 * omt - d1 * t
+        st2 = 2 * s * t
+        X = st2 * (2 * s) * omt
+        p = u.abs() + torch.addcmul(X, u, u).clamp_min(0).sqrt()
+        xi = st2 / (st2 + torch.where(u >= 0, p, X / p))
+        out = torch.addcmul(x0, xi, w)
+        q = xi * (1 - xi)
+        den = torch.addcmul(s, c2, q)
     else:
-        xi = ((xc - xk) / wk).clamp(0, 1)
-        out = yk + hk * (sk * xi * xi + dk * xi * (1 - xi)) / (sk + c2 * xi * (1 - xi))
-    q = xi * (1 - xi)
-    deriv = sk * sk * (dk1 * xi * xi + 2 * sk * q + dk * (1 - xi) ** 2) / (sk + c2 * q) ** 2
-    return torch.where(inside, out, x), torch.where(inside, deriv.log(), torch.zeros_like(x))
+        xi = (xc - x0) / w
+        q = xi * (1 - xi)
+        den = torch.addcmul(s, c2, q)
+        out = y0 + h * (s * xi * xi + d0 * q) / den
+    one_m = 1 - xi
+    r = s / den  # squared after dividing: den^2 alone can overflow float32
+    deriv = r * r * (d1 * xi * xi + 2 * s * q + d0 * one_m * one_m)
+    inside = inside.squeeze(ax)
+    return torch.where(inside, out, x), torch.where(inside, deriv.log(), 0.0)
 
 
 class SplineCoupling(FlowLayer):
-    """Neural spline coupling step (half the coordinates through RQ splines whose
-    parameters come from an MLP of the other half and the context).
-    Shapes as for every ``FlowLayer``."""
+    """Neural spline coupling step (Durkan et al. 2019).
+
+    ``x_b = spline(z_b; params(z_a, c))``, ``x_a = z_a``: the coordinates moved
+    (``b``) pass through elementwise RQ splines whose ``3 * bins - 1`` parameters
+    each come from an MLP of the kept half ``a`` and the context.
+
+    Args:
+        dim: event size.
+        bins: spline bins ``K``.
+        bound: the splines act on ``[-bound, bound]``; identity (slope 1) outside.
+        hidden: hidden sizes of the conditioner MLP.
+        context_dim: context size (0: unconditional).
+        parity: 0 moves the even indices given the odd ones, 1 the odd given the
+            even (the builder alternates it).
+
+    Shapes: ``z``/``x`` ``(*batch, dim)``, context ``(*cbatch, context_dim)``
+    with ``cbatch`` broadcasting against ``batch``; log-det ``broadcast(batch,
+    cbatch)``. Both directions are one conditioner pass and exact; the zero last
+    layer starts the layer at the identity. With ``dim == 1`` the spline's
+    parameters come from the context alone, or are free parameters.
+    """
 
     inverse_kind = "exact"
     cheap_direction = "both"
 
-    def __init__(self, dim: int, bins: int = 8, bound: float = 5.0, hidden: Sequence[int] = (64, 64), context_dim: int = 0, parity: int = 0):
+    def __init__(
+        self,
+        dim: int,
+        bins: int = 8,
+        bound: float = 5.0,
+        hidden: Sequence[int] = (64, 64),
+        context_dim: int = 0,
+        parity: int = 0,
+    ):
         super().__init__(dim, context_dim)
+        if int(bins) < 1 or float(bound) <= 0:
+            raise ValueError(f"need bins >= 1 and bound > 0, got bins={bins!r}, bound={bound!r}")
         self.bins, self.bound = int(bins), float(bound)
         self.mask = CouplingMask(dim, parity)
-        self.net = mlp(self.mask.n_kept + context_dim, self.mask.n_moved * (3 * self.bins - 1), hidden, zero_last=True)
+        n_in, n_out = self.mask.n_kept + self.context_dim, n_params(self.bins) * self.mask.n_moved
+        if n_in:
+            self.net = mlp(n_in, n_out, hidden, zero_last=True)
+        else:  # nothing to condition on: the parameters are constants, held directly
+            self.net = None
+            self.spline_params = nn.Parameter(torch.zeros(n_params(self.bins), self.mask.n_moved))
 
-    def _run(self, v, context, inverse):
+    def _params(self, kept: Tensor, context: Tensor | None) -> Tensor:
+        """Parameter-major spline parameters ``(*B, 3K - 1, n_moved)``."""
+        if self.net is None:
+            return self.spline_params
+        if self.mask.n_kept == 0:
+            return self.net(context).unflatten(-1, (n_params(self.bins), 1))
+        out = self.net(conditioner_input(kept, context if self.context_dim else None))
+        return out.unflatten(-1, (n_params(self.bins), self.mask.n_moved))
+
+    def _run(self, v: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
         self._check(v, context)
         kept, moved = self.mask.split(v)
-        params = self.net(conditioner_input(kept, context if self.context_dim else None))
-        params = params.unflatten(-1, (self.mask.n_moved, 3 * self.bins - 1))
-        out, logd = rq_spline(moved.expand(*params.shape[:-1]), params, self.bound, inverse)
-        return self.mask.merge(kept.expand(*out.shape[:-1], -1), out), logd.sum(-1)
+        out, logd = rq_spline(moved, self._params(kept, context), self.bound, inverse, param_dim=-2)
+        return self.mask.merge(kept, out), logd.sum(-1)
 
-    def forward_and_log_det(self, z, context=None):
+    def forward_and_log_det(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """z -> x in one pass; returns ``(x, log|det J|)``."""
         return self._run(z, context, False)
 
-    def inverse_and_log_det(self, x, context=None):
+    def inverse_and_log_det(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """x -> z in one pass; returns ``(z, log|det J|)`` of the forward map."""
         return self._run(x, context, True)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, context_dim={self.context_dim}, bins={self.bins}, bound={self.bound}, parity={self.mask.parity}"
 
 
 class SplineAutoregressive(FlowLayer):
-    """Autoregressive RQ-spline step on a MADE. ``cheap="sample"``: ``x_i =
-    spline(z_i; MADE(z)_i)`` in one pass, sequential inverse; ``cheap="density"``:
-    the reverse. Shapes as for every ``FlowLayer``."""
+    """Autoregressive RQ-spline step on a MADE (Durkan et al. 2019).
+
+    ``x_i = spline(z_i; params_i)`` where ``params_i`` (``3 * bins - 1`` per
+    coordinate) depend on the coordinates before ``i`` in the order.
+
+    Args:
+        dim: event size.
+        bins: spline bins ``K``.
+        bound: the splines act on ``[-bound, bound]``; identity (slope 1) outside.
+        hidden: MADE hidden sizes (>= ``dim`` each for full expressiveness).
+        context_dim: context size (0: unconditional); it feeds every MADE hidden unit.
+        order: ``order[i]`` is the rank of variable ``i`` (default ``0..dim-1``).
+        cheap: ``"sample"`` (IAF style, the default for VI: ``params = MADE(z, c)``,
+            z -> x in one pass) or ``"density"`` (MAF style: ``params = MADE(x, c)``,
+            x -> z in one pass). The other direction is exact and sequential
+            (``dim`` partial MADE passes).
+
+    Shapes: ``z``/``x`` ``(*batch, dim)``, context ``(*cbatch, context_dim)``;
+    log-det ``broadcast(batch, cbatch)``. The MADE's zero last layer starts the
+    layer at the identity.
+    """
 
     inverse_kind = "exact"
 
@@ -133,29 +257,38 @@ class SplineAutoregressive(FlowLayer):
     ):
         super().__init__(dim, context_dim)
         if cheap not in ("sample", "density"):
-            raise ValueError(f"cheap must be 'sample' or 'density', got {cheap!r}")
+            raise ValueError(f"cheap must be 'sample' (IAF style) or 'density' (MAF style), got {cheap!r}")
+        if int(bins) < 1 or float(bound) <= 0:
+            raise ValueError(f"need bins >= 1 and bound > 0, got bins={bins!r}, bound={bound!r}")
         self.cheap_direction = cheap
         self.bins, self.bound = int(bins), float(bound)
-        self.made = MADE(dim, 3 * self.bins - 1, hidden, context_dim, order)
+        self.made = MADE(dim, n_params(self.bins), hidden, context_dim, order)
+        self.plan = SequentialPlan(self.made)
 
-    def _pass(self, source, v, context, inverse):
-        out, logd = rq_spline(v, self.made(source, context).transpose(-1, -2), self.bound, inverse)
+    def _one_pass(self, v: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
+        out, logd = rq_spline(v, self.made(v, context), self.bound, inverse, param_dim=-2)
         return out, logd.sum(-1)
 
-    def _sequential(self, v, context, inverse):
-        out = v
-        for _ in range(self.dim):  # pass k fixes the k-th variable in the MADE order
-            out, ladj = self._pass(out, v, context, inverse)
-        return out, ladj
+    # Sequential steps: v_i (N,) and params (N, 3K-1) as SequentialPlan hands them.
+    def _step_forward(self, z_i: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return rq_spline(z_i, params.t(), self.bound, False, param_dim=-2)
 
-    def forward_and_log_det(self, z, context=None):
+    def _step_inverse(self, x_i: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return rq_spline(x_i, params.t(), self.bound, True, param_dim=-2)
+
+    def forward_and_log_det(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """z -> x: one MADE pass (``cheap="sample"``) or sequential (``"density"``)."""
         self._check(z, context)
         if self.cheap_direction == "sample":
-            return self._pass(z, z, context, False)
-        return self._sequential(z, context, False)
+            return self._one_pass(z, context, False)
+        return self.plan(self.made, z, context, self._step_forward)
 
-    def inverse_and_log_det(self, x, context=None):
+    def inverse_and_log_det(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """x -> z: one MADE pass (``"density"``) or sequential (``"sample"``); forward's log-det."""
         self._check(x, context)
         if self.cheap_direction == "density":
-            return self._pass(x, x, context, True)
-        return self._sequential(x, context, True)
+            return self._one_pass(x, context, True)
+        return self.plan(self.made, x, context, self._step_inverse)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, context_dim={self.context_dim}, bins={self.bins}, bound={self.bound}, cheap={self.cheap_direction!r}"

@@ -16,11 +16,13 @@ back-substitution, one bracketed scalar root-find per coordinate (M in sequence)
 """
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Sequence
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 from .base import FlowLayer
 from .params import ParamNet
@@ -53,8 +55,15 @@ def orthogonalize(Q: Tensor, max_iter: int = 50) -> Tensor:
         Q = Q + 0.5 * (Q @ gap)
         gram = Q.transpose(-1, -2) @ Q
     if err > 1e-3:
-        warnings.warn(f"orthogonalize did not converge (|Q^T Q - I| = {err:.2g}): Q is (nearly) rank deficient", RuntimeWarning)
+        warnings.warn(
+            f"orthogonalize did not converge (|Q^T Q - I| = {err:.2g}): Q is (nearly) rank deficient", RuntimeWarning
+        )
     return Q
+
+
+def _log_cosh(v: Tensor) -> Tensor:
+    a = v.abs()
+    return a + F.softplus(-2 * a) - math.log(2)
 
 
 def _vecmat(v: Tensor, A: Tensor) -> Tensor:
@@ -135,14 +144,25 @@ class Sylvester(FlowLayer):
             Q = Q - 2 * (Q @ vk.unsqueeze(-1)) * vk.unsqueeze(-2)
         return Q
 
+    def _parts(self, context):
+        p = dict(zip(self.params.names, self.params(context)))
+        Q = None  # triangular: the identity or the reversal, applied by indexing
+        if self.kind == "orthogonal":
+            Q = orthogonalize(p["Q"])
+        elif self.kind == "householder":
+            Q = self._householder(p["v"])
+        d, dt = p["diag"], p["diag_tilde"]
+        # 1 + tanh(d) tanh(dt) = cosh(d + dt) / (cosh d cosh dt), in a form that stays positive
+        # where both tanh round to +-1 (|raw| > 9 in float32) and 1 + r_ii r~_ii would cancel to 0
+        one_plus_rr = torch.exp(_log_cosh(d + dt) - _log_cosh(d) - _log_cosh(dt))
+        return Q, self._upper(p["r"], d), self._upper(p["r_tilde"], dt), p["b"], one_plus_rr
+
     def factors(self, context: Tensor | None = None) -> tuple[Tensor | None, Tensor, Tensor, Tensor]:
         """``(Q, R, R~, b)``: ``(*cbatch, dim, M)``, ``(*cbatch, M, M)`` twice, ``(*cbatch, M)``.
 
         ``Q`` is ``None`` for ``"triangular"`` (the identity, or the reversal if ``flip``).
         """
-        p = dict(zip(self.params.names, self.params(context)))
-        Q = orthogonalize(p["Q"]) if self.kind == "orthogonal" else self._householder(p["v"]) if self.kind == "householder" else None
-        return Q, self._upper(p["r"], p["diag"]), self._upper(p["r_tilde"], p["diag_tilde"]), p["b"]
+        return self._parts(context)[:4]
 
     def _to_q(self, v: Tensor, Q: Tensor | None) -> Tensor:
         """``Q^T v`` for row vectors ``v`` (*, D) -> (*, M)."""
@@ -157,13 +177,14 @@ class Sylvester(FlowLayer):
         return _vecmat(y, Q.transpose(-1, -2))
 
     @staticmethod
-    def _ladj(R: Tensor, Rt: Tensor, h: Tensor) -> Tensor:
-        rr = torch.diagonal(R, dim1=-2, dim2=-1) * torch.diagonal(Rt, dim1=-2, dim2=-1)
-        return torch.log1p(rr * (1 - h * h)).sum(-1)
+    def _slope(h: Tensor, one_plus_rr: Tensor) -> Tensor:
+        # 1 + r_ii r~_ii tanh' as a sum of non-negative terms (positive to the last bit)
+        h2 = h * h
+        return h2 + one_plus_rr * (1 - h2)
 
     def forward_and_log_det(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._check(z, context)
-        Q, R, Rt, b = self.factors(context)
+        Q, R, Rt, b, one_plus_rr = self._parts(context)
         # fold Q into the triangular factors once per parameter set rather than once per point
         w_in, w_out = Rt.transpose(-1, -2), R.transpose(-1, -2)  # row-vector form: a = z Q R~^T + b, x = z + h R^T Q^T
         if Q is not None:
@@ -171,24 +192,25 @@ class Sylvester(FlowLayer):
         elif self.flip:
             w_in, w_out = w_in.flip(-2), w_out.flip(-1)
         h = torch.tanh(_vecmat(z, w_in) + b)
-        return z + _vecmat(h, w_out), self._ladj(R, Rt, h)
+        return z + _vecmat(h, w_out), torch.log(self._slope(h, one_plus_rr)).sum(-1)
 
     def inverse_and_log_det(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Numerical inverse by back-substitution (module doc), differentiable implicitly."""
         self._check(x, context)
-        Q, R, Rt, b = self.factors(context)
+        Q, R, Rt, b, one_plus_rr = self._parts(context)
         y = self._to_q(x, Q)
         batch, M = torch.broadcast_shapes(y.shape[:-1], R.shape[:-2]), self.m
         y, R, Rt, b = y.expand(*batch, M), R.expand(*batch, M, M), Rt.expand(*batch, M, M), b.expand(*batch, M)
+        one_plus_rr = one_plus_rr.expand(*batch, M)
         # running sums over the solved coordinates k > i: pre[i] = b_i + sum R~_ik u_k, post[i] = sum R_ik h_k
         pre, post = b, torch.zeros_like(y)
         u_cols, h_cols = [], []
         for i in range(M - 1, -1, -1):
             rii, rtii, c, target = R[..., i, i], Rt[..., i, i], pre[..., i], y[..., i] - post[..., i]
 
-            def g(v, rii=rii, rtii=rtii, c=c, target=target):
+            def g(v, rii=rii, rtii=rtii, c=c, target=target, opr=one_plus_rr[..., i]):
                 t = torch.tanh(rtii * v + c)
-                return v + rii * t - target, 1 + rii * rtii * (1 - t * t)
+                return v + rii * t - target, self._slope(t, opr)
 
             # |tanh| <= 1 brackets u_i within |r_ii| of its target
             u = solve_increasing(g, target - rii.abs(), target + rii.abs())
@@ -200,7 +222,7 @@ class Sylvester(FlowLayer):
             u_cols.append(u)
             h_cols.append(h)
         u, h = torch.stack(u_cols[::-1], -1), torch.stack(h_cols[::-1], -1)
-        return x - self._from_q(y - u, Q), self._ladj(R, Rt, h)
+        return x - self._from_q(y - u, Q), torch.log(self._slope(h, one_plus_rr)).sum(-1)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, kind={self.kind}, m={self.m}, flip={self.flip}, context_dim={self.context_dim}"
