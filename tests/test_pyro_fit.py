@@ -47,9 +47,9 @@ def test_linear_regression_known_noise_matches_exact_posterior():
     assert list(table.index) == ["beta[0]", "beta[1]", "beta[2]"]
     assert (table["psis_mean"].values - mean.numpy()).__abs__().max() < 0.1 * float(sd.min())
     # the trained guide plugs into Predictive
-    pred = Predictive(blr, guide=res.guide, num_samples=500)(X, y)
-    assert pred["beta"].shape == (500, 1, 3) or pred["beta"].shape == (500, 3)
-    assert float((pred["beta"].reshape(500, 3).mean(0) - mean).abs().max()) < 0.3 * float(sd.max())
+    pred = Predictive(blr, guide=res.guide, num_samples=200)(X, y)
+    beta = pred["beta"].reshape(200, 3)  # Predictive keeps a plate dim for this guide
+    assert float((beta.mean(0) - mean).abs().max()) < 0.3 * float(sd.max())  # 200 draws: MC error 0.07 sd
 
 
 def gamma_poisson(y):
@@ -60,7 +60,7 @@ def gamma_poisson(y):
 
 def test_gamma_poisson_positive_latent():
     y = torch.tensor([3.0, 5.0, 2.0, 4.0, 6.0, 1.0])
-    res = fit_pyro(gamma_poisson, y, family="iaf", steps=300, seed=0, **FAST)
+    res = fit_pyro(gamma_poisson, y, family="realnvp", steps=300, seed=0, **FAST)
     exact = dist.Gamma(2.0 + y.sum(), 0.5 + len(y))
     s = res.sample_sites(4000)["lam"]
     assert s.min() > 0
@@ -86,7 +86,7 @@ def test_dirichlet_simplex_latent_changes_event_size():
         p = pyro.sample("p", dist.Dirichlet(torch.ones(3)))
         pyro.sample("c", dist.Multinomial(int(counts.sum()), p), obs=counts)
 
-    res = fit_pyro(model, family="iaf", steps=300, seed=0, **FAST)
+    res = fit_pyro(model, family="realnvp", steps=300, seed=0, **FAST)
     assert res.dim == 2  # the simplex has 2 free coordinates
     exact = dist.Dirichlet(1 + counts)
     s = res.sample_sites(4000)["p"]

@@ -7,6 +7,8 @@ import warnings
 import pyro.distributions.transforms as T
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch.nn.functional as F
 from pyro.distributions.transforms.spline import _monotonic_rational_spline as pyro_rq_spline
 
@@ -142,6 +144,32 @@ def test_log_derivative_matches_autograd(inverse):
     (dv,) = torch.autograd.grad(out.sum(), v)
     # inverse: the reported value is log f'(z) = -log (f^-1)'(x)
     torch.testing.assert_close(ld, -dv.log() if inverse else dv.log(), atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+def test_parameter_gradients_match_finite_differences(inverse):
+    x = torch.tensor([-6.0, -B, -3.3, -0.7, 0.0, 1.9, 4.2, B, 8.0], dtype=F64)
+    p = raw(len(x), bins=4, scale=1.0, seed=6).requires_grad_()
+    assert torch.autograd.gradcheck(lambda q: rq_spline(x, q, B, inverse=inverse), (p,))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    scale=st.floats(0.0, 6.0),
+    seed=st.integers(0, 2**16),
+    bins=st.integers(1, 12),
+    bound=st.floats(0.5, 10.0),
+)
+def test_round_trip_property_float64(scale, seed, bins, bound):
+    p = raw(64, bins=bins, scale=scale, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    x = bound * (2.4 * torch.rand(64, generator=g, dtype=F64) - 1.2)
+    y, ld = rq_spline(x, p, bound)
+    x2, ld2 = rq_spline(y, p, bound, inverse=True)
+    assert torch.all(torch.isfinite(y)) and torch.all(torch.isfinite(ld))
+    # forward error within the conditioning bound eps * |y| / f'(x)
+    allowed = 256 * torch.finfo(F64).eps * bound / ld.exp() + 1e-13
+    assert torch.all((x2 - x).abs() <= allowed)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, F64])

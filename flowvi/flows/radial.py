@@ -52,7 +52,7 @@ class Radial(FlowLayer):
             hidden,
         )
 
-    def _raw(self, context):
+    def _raw(self, context=None):
         # s = alpha + beta = softplus(.) > 0 is the quantity the formulas below need: using it
         # directly (never alpha + beta) keeps them cancellation-free even as beta -> -alpha
         z0, raw_alpha, raw_s = self.params(context)

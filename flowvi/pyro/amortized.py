@@ -143,7 +143,7 @@ class AutoAmortizedFlow(AutoGuide):
             feat = math.prod(data.shape[1:])
             c = int(self.context_dim or 16)
             sizes = [feat, *self.encoder_hidden, c]
-            mods: list[nn.Module] = [nn.Flatten(1)]
+            mods: list[nn.Module] = [_Rows()]
             for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
                 mods.append(nn.Linear(a, b))
                 if i < len(sizes) - 2:
@@ -166,10 +166,10 @@ class AutoAmortizedFlow(AutoGuide):
         ``x`` of shape ``(B, *feature_shape)`` gives a distribution with batch shape ``(B,)``."""
         return self.flow(self.encoder(x))
 
-    def _plate(self):
-        f = self.frame
-        sub = f.size if f.size != f.full_size else None
-        return pyro.plate(f.name, f.full_size, subsample_size=sub, dim=f.dim)
+    def _plate(self, args, kwargs):
+        # AutoGuide's plates: shared with the other parts of an AutoGuideList, so
+        # every part and the model see one subsample
+        return self._create_plates(*args, **kwargs)[self.frame.name]
 
     def forward(self, *args, **kwargs) -> dict[str, Tensor]:
         """Draw every local site for the plate's (sub)sample; returns ``{site: value}``."""
@@ -178,7 +178,7 @@ class AutoAmortizedFlow(AutoGuide):
         data = self._data(args, kwargs)
         f = self.frame
         out = {}
-        with self._plate() as idx:
+        with self._plate(args, kwargs) as idx:
             x = data.index_select(0, idx.to(data.device)) if idx.shape[0] != data.shape[0] else data
             ctx = self.encoder(x)
             ctx = ctx.reshape((ctx.shape[0],) + (1,) * (-f.dim - 1) + (ctx.shape[-1],))
@@ -198,3 +198,10 @@ class AutoAmortizedFlow(AutoGuide):
 
     def median(self, *args, **kwargs):
         raise NotImplementedError("local latents have one posterior per datapoint: use guide.posterior(x) or Predictive")
+
+
+class _Rows(nn.Module):
+    """``(B, *feature_shape) -> (B, prod(feature_shape))`` (``(B,) -> (B, 1)``)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.reshape(x.shape[0], -1)
