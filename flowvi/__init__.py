@@ -2,6 +2,7 @@
 from . import flows, vi
 from .flows import build
 from .vi import fit
+from . import pyro, targets, vae
 
 __version__ = "0.1.0"
-__all__ = ["flows", "vi", "build", "fit", "__version__"]
+__all__ = ["flows", "vi", "pyro", "targets", "vae", "build", "fit", "__version__"]

@@ -6,9 +6,9 @@
 
 * ``rsample_and_log_prob(shape)``: samples and their log-density from one
   sampling pass, log q(x) = log p_Z(z) - sum log|det J|, with no inverse;
-* ``log_prob(x)``: one density pass through each layer's inverse; a point that
-  this distribution object sampled last is scored from the sampling pass, so
-  families without an inverse (planar, Sylvester) still score their own draws.
+* ``log_prob(x)``: one density pass through each layer's inverse (numerical for
+  planar and Sylvester); a point that this distribution object sampled last is
+  scored from the sampling pass, with no inverse at all.
 """
 from __future__ import annotations
 

@@ -4,8 +4,10 @@ Round 1 simulates from the prior and trains with the plain NPE loss; each later
 round simulates from the current posterior at ``x_o`` and trains (continuing
 from the current weights) on all rounds with the atomic loss, whose contrasting
 atoms are the other parameters in the batch and whose correction is the prior's
-log-density. Only tensors are kept between rounds (no posterior objects, no
-autograd graphs), so memory grows only with the simulations themselves.
+log-density. By default the prior rows also keep their NPE likelihood term
+(``combined_loss``; see ``NPE.train``). Only tensors are kept between rounds
+(no posterior objects, no autograd graphs), so memory grows only with the
+simulations themselves.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ class SNPE:
         simulator: batched ``theta (b, d) -> x (b, ...)``.
         family: flow family (default ``"nsf"``).
         num_atoms: atoms per row in the atomic loss (default 10).
+        combined_loss: add the NPE loss on the prior rows in atomic rounds (default True).
         **npe_kwargs: passed to ``NPE`` (layers, hidden, embedding_net, ...).
 
     After ``run``, ``self.npe`` holds the estimator and all simulations, and
@@ -35,10 +38,11 @@ class SNPE:
     """
 
     def __init__(self, prior: Distribution, simulator: Callable[[Tensor], Tensor], family: str = "nsf", *,
-                 num_atoms: int = 10, **npe_kwargs: Any):
+                 num_atoms: int = 10, combined_loss: bool = True, **npe_kwargs: Any):
         self.prior = prior
         self.simulator = simulator
         self.num_atoms = int(num_atoms)
+        self.combined_loss = bool(combined_loss)
         self.npe = NPE(prior, family, **npe_kwargs)
         self.summaries: list = []
 
@@ -83,6 +87,7 @@ class SNPE:
             if posterior is None:  # x_shape is known now: check x_o before any training
                 x_o = check_observation(x_o, tuple(x.shape[1:]))
             self.npe.append_simulations(theta, x, proposal=None if posterior is None else posterior)
+            train_kwargs.setdefault("combined_loss", self.combined_loss)
             self.npe.train(num_atoms=self.num_atoms, seed=seed + 104729 * r, **train_kwargs)
             if posterior is None:
                 posterior = self.npe.posterior(x_o)

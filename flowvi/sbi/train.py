@@ -175,6 +175,11 @@ def train_estimator(
         state.update(saved["state"])
         g.set_state(saved["generator"])
 
+    if state["epoch"] == 0 and val_idx.numel():
+        # score the starting weights too: a later round (new data, new loss) then never ends worse
+        # than it began, by the validation loss
+        state["best_val"] = _val_loss(est, data, val_idx, loss, num_atoms, combined_loss, batch_size, seed)
+
     t0 = time.perf_counter()
     bar = tqdm(total=max_epochs, initial=state["epoch"], disable=not show_progress, desc=f"train ({loss})",
                unit="epoch", leave=False)
