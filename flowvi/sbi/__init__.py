@@ -5,7 +5,7 @@ from .c2st import c2st
 from .diagnostics import expected_coverage, plot_sbc, sbc, sbc_ranks, sbc_uniformity
 from .embedding import CNN1DEmbedding, DeepSetEmbedding, IdentityEmbedding, MLPEmbedding
 from .estimator import PosteriorEstimator
-from .npe import NPE, InvalidSimulationsWarning
+from .npe import NPE, InvalidSimulationsWarning, ProposalWarning
 from .posterior import Posterior
 from .priors import BoxUniform
 from .simulate import SimulationSummary, SimulationWarning, Simulations, simulate
@@ -16,7 +16,7 @@ from .zscore import ZScore
 
 __all__ = [
     "tasks", "NPE", "SNPE", "Posterior", "PosteriorEstimator", "BoxUniform", "simulate", "Simulations", "SimulationSummary",
-    "SimulationWarning", "SimulationStore", "InvalidSimulationsWarning", "c2st", "sbc", "sbc_ranks", "sbc_uniformity",
+    "SimulationWarning", "SimulationStore", "InvalidSimulationsWarning", "ProposalWarning", "c2st", "sbc", "sbc_ranks", "sbc_uniformity",
     "plot_sbc", "expected_coverage", "MLPEmbedding", "CNN1DEmbedding", "DeepSetEmbedding", "IdentityEmbedding",
     "ZScore", "TrainingResult", "CheckpointError",
 ]

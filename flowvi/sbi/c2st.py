@@ -6,7 +6,7 @@ cross-validated accuracy: 0.5 when the two are indistinguishable, 1.0 when
 disjoint. Inputs are z-scored with the mean and std of ``a`` (the reference).
 
 Written in torch, no scikit-learn: the ``n_folds`` classifiers are trained at
-once as one batched network (weights ``(folds, ...)``) with full-batch Adam,
+once as one batched network (weights ``(folds, ...)``) with minibatch Adam,
 each on its own training mask, and scored on its held-out fold.
 """
 from __future__ import annotations
@@ -34,22 +34,29 @@ def c2st(
     *,
     n_folds: int = 5,
     hidden: int | None = None,
-    max_steps: int = 1000,
-    lr: float = 1e-2,
+    max_epochs: int = 60,
+    batch_size: int = 512,
+    lr: float = 2e-3,
     weight_decay: float = 1e-4,
-    tol: float = 1e-4,
-    patience: int = 25,
+    tol: float = 1e-3,
+    patience: int = 5,
     z_score: bool = True,
     return_folds: bool = False,
 ) -> float | Tensor:
     """Cross-validated accuracy of a classifier separating ``a (n, d)`` from ``b (m, d)``.
 
+    Training is in the spirit of scikit-learn's ``MLPClassifier`` as used by sbibm
+    (Adam on minibatches, an L2 penalty, stop once the epoch's training loss has not
+    improved by ``tol`` for ``patience`` epochs), tuned to finish in seconds: an
+    "epoch" is one pass over the data but at least 10 minibatches (small samples get
+    several passes), at most ``max_epochs``. On 10,000 vs 10,000 draws in 10-D it
+    takes about 20 s on one CPU core.
+
     Args:
-        seed: fold assignment and network initialisation.
+        seed: fold assignment, initialisation and minibatch order.
         n_folds: cross-validation folds.
         hidden: hidden width (default ``10 * d``).
-        max_steps, lr, weight_decay: full-batch Adam with an L2 penalty.
-        tol, patience: stop when the training loss has not improved by ``tol`` for ``patience`` steps.
+        max_epochs, batch_size, lr, weight_decay, tol, patience: training (see above).
         z_score: standardise both samples with ``a``'s mean and std.
         return_folds: return the ``(n_folds,)`` fold accuracies instead of their mean.
     """
@@ -78,23 +85,31 @@ def c2st(
     h = hidden or 10 * d
     params = [*_init(g, n_folds, d, h), *_init(g, n_folds, h, h), *_init(g, n_folds, h, 1)]
     w1, b1, w2, b2, w3, b3 = params
-    opt = torch.optim.Adam(params, lr=lr)
+    opt = torch.optim.Adam(params, lr=lr, foreach=True)
 
-    def logits() -> Tensor:
-        z = torch.relu(torch.baddbmm(b1, x.expand(n_folds, -1, -1), w1))
+    def logits(rows: Tensor) -> Tensor:
+        z = torch.relu(torch.baddbmm(b1, x[rows].expand(n_folds, -1, -1), w1))
         z = torch.relu(torch.baddbmm(b2, z, w2))
-        return torch.baddbmm(b3, z, w3).squeeze(-1)  # (F, N)
+        return torch.baddbmm(b3, z, w3).squeeze(-1)  # (F, rows)
 
+    # every fold sees the same minibatch of rows and masks out its own test rows, so the
+    # n_folds networks train side by side in one batched pass
     best, stale = float("inf"), 0
-    n_train = train.sum(1)
-    for _ in range(max_steps):
-        opt.zero_grad(set_to_none=True)
-        bce = F.binary_cross_entropy_with_logits(logits(), y.expand(n_folds, -1), reduction="none")
-        loss = ((bce * train).sum(1) / n_train).sum()
-        loss = loss + weight_decay / 2 * sum((w * w).sum() for w in (w1, w2, w3))
-        loss.backward()
-        opt.step()
-        value = float(loss.detach())
+    size = min(batch_size, n_total)
+    steps = max(math.ceil(n_total / size), 10)
+    for _ in range(max_epochs):
+        total = torch.zeros(())
+        order = torch.cat([torch.randperm(n_total, generator=g) for _ in range(math.ceil(steps * size / n_total))])
+        for rows in order[: steps * size].split(size):
+            mask = train[:, rows]
+            opt.zero_grad(set_to_none=True)
+            bce = F.binary_cross_entropy_with_logits(logits(rows), y[rows].expand(n_folds, -1), reduction="none")
+            data_loss = ((bce * mask).sum(1) / mask.sum(1).clamp_min(1)).sum()
+            loss = data_loss + weight_decay / 2 * sum((w * w).sum() for w in (w1, w2, w3)) * rows.numel() / n_total
+            loss.backward()
+            opt.step()
+            total = total + data_loss.detach() * rows.numel()
+        value = float(total) / (steps * size)
         if value < best - tol:
             best, stale = value, 0
         else:
@@ -102,6 +117,7 @@ def c2st(
             if stale >= patience:
                 break
     with torch.no_grad():
-        correct = ((logits() > 0).float() == y).float()
+        everything = torch.arange(n_total)
+        correct = torch.cat([((logits(r) > 0).float() == y[r]).float() for r in everything.split(8192)], 1)
         acc = (correct * test).sum(1) / test.sum(1)
     return acc if return_folds else float(acc.mean())

@@ -38,6 +38,31 @@ class InvalidSimulationsWarning(UserWarning):
     """Rows with NaN/inf were dropped from appended simulations."""
 
 
+class ProposalWarning(UserWarning):
+    """Simulations look as if they came from a proposal other than the one declared."""
+
+
+def _warn_if_not_prior_draws(prior: Distribution, theta: Tensor, seed: int, p_min: float = 1e-6) -> None:
+    """Warn when ``theta (N, d)`` declared as prior draws clearly are not (Bonferroni-corrected KS)."""
+    if theta.shape[0] < 50:
+        return
+    from scipy import stats
+
+    n = min(theta.shape[0], 2000)
+    with seeded(seed, 3), torch.no_grad():
+        fresh = prior.sample((n,))
+    given = theta[:n]
+    p = min(stats.ks_2samp(given[:, j].numpy(), fresh[:, j].numpy()).pvalue for j in range(theta.shape[1]))
+    if p < p_min / theta.shape[1]:
+        warnings.warn(
+            f"these {theta.shape[0]} parameters were appended as prior draws (proposal=None) but do not look "
+            f"like draws from the prior (KS p = {p:.1e}). If they came from another proposal (e.g. an earlier "
+            "posterior), pass proposal=... so train() uses the atomic loss; trained as prior draws they give "
+            "the wrong posterior. Pass check_prior_draws=False to silence this.",
+            ProposalWarning, stacklevel=3,
+        )
+
+
 class NPE:
     """Neural posterior estimation (amortised; sequential through ``proposal=``).
 
@@ -80,7 +105,12 @@ class NPE:
     ):
         self.prior = prior
         self.theta_dim = check_prior(prior)
-        flows.build(family, 2)  # fail now, not after simulating, on an unknown family name
+        probe = flows.build(family, 2, context_dim=1)  # fail now, not after simulating, on a bad family
+        if probe.inverse_kind != "exact":
+            raise ValueError(
+                f"NPE scores simulated parameters, so it needs a flow with an exact inverse; {family!r} has "
+                f"inverse_kind={probe.inverse_kind!r}. Use 'nsf', 'maf' or 'realnvp'."
+            )
         self.config = dict(
             family=family, layers=int(layers), hidden=tuple(int(h) for h in hidden), final_affine=bool(final_affine),
             flow_kwargs=dict(flow_kwargs or {}), embedding_kwargs=dict(embedding_kwargs or {}),
@@ -109,7 +139,8 @@ class NPE:
     def _is_prior(self, proposal) -> bool:
         return proposal is None or proposal is self.prior or (isinstance(proposal, str) and proposal == "prior")
 
-    def append_simulations(self, theta: Tensor, x: Tensor, proposal: Any = None, *, exclude_invalid: bool = True) -> "NPE":
+    def append_simulations(self, theta: Tensor, x: Tensor, proposal: Any = None, *, exclude_invalid: bool = True,
+                           check_prior_draws: bool = True) -> "NPE":
         """Add simulations ``theta (N, d)``, ``x (N, *x_shape)`` drawn with ``theta ~ proposal``.
 
         Args:
@@ -118,6 +149,10 @@ class NPE:
                 proposal draws, which makes ``train()`` use the atomic loss.
             exclude_invalid: drop rows whose ``x`` or ``theta`` has NaN/inf, with an
                 ``InvalidSimulationsWarning`` giving the count (False: raise instead).
+            check_prior_draws: rows declared as prior draws are compared with fresh prior
+                draws (per-coordinate two-sample KS test); a clear mismatch raises a
+                ``ProposalWarning``, since proposal draws trained as prior draws give a
+                wrong posterior without any error.
 
         Raises ``ValueError`` for mismatched shapes or a ``theta`` outside the prior's
         support (such a row has zero posterior density and cannot be trained on).
@@ -152,14 +187,18 @@ class NPE:
                 "inside the prior's support (a flowvi Posterior always does)."
             )
         is_prior = self._is_prior(proposal)
+        if is_prior and check_prior_draws:
+            _warn_if_not_prior_draws(self.prior, theta, self.config["seed"])
         g = generator(self.config["seed"], 2, len(self.rounds))
         self._theta = torch.cat([self._theta, theta])
         self._x = x.clone() if self._x is None else torch.cat([self._x, x])
         self._from_prior = torch.cat([self._from_prior, torch.full((theta.shape[0],), is_prior)])
         self._split_key = torch.cat([self._split_key, torch.rand(theta.shape[0], generator=g)])
         # a description, not the proposal object: keeping every round's posterior would keep memory growing
-        self.rounds.append(dict(n=int(theta.shape[0]), dropped=n_bad, proposal="prior" if is_prior else repr(proposal)[:200],
-                                from_prior=is_prior))
+        focus = getattr(proposal, "x_o", None) if not is_prior else None
+        self.rounds.append(dict(n=int(theta.shape[0]), dropped=n_bad, from_prior=is_prior,
+                                proposal="prior" if is_prior else repr(proposal)[:200],
+                                x_o=None if focus is None else focus.detach().clone()))
         return self
 
     # -- estimator ---------------------------------------------------------------------------
@@ -272,7 +311,15 @@ class NPE:
     def posterior(self, x_o: Tensor, param_names: Sequence[str] | None = None) -> Posterior:
         """``q(theta | x_o)`` for one observation ``x_o`` of shape ``x_shape``."""
         est = self.estimator
-        return Posterior(est, check_observation(x_o, est.x_shape), param_names or self.config["param_names"])
+        x_o = check_observation(x_o, est.x_shape)
+        focused = [r["x_o"] for r in self.rounds if r.get("x_o") is not None]
+        if focused and not any(torch.allclose(f, x_o, rtol=1e-4, atol=1e-6) for f in focused):
+            warnings.warn(
+                "this estimator was refined with proposals focused on another observation; its posterior at "
+                "this x_o is valid in principle but only trained well near the proposals' x_o",
+                ProposalWarning, stacklevel=2,
+            )
+        return Posterior(est, x_o, param_names or self.config["param_names"])
 
     @torch.no_grad()
     def sample_batched(self, n: int, x: Tensor, seed: int | None = None) -> Tensor:

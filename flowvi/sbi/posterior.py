@@ -70,7 +70,10 @@ class Posterior:
         theta = torch.as_tensor(theta, dtype=self.x_o.dtype)
         if theta.shape[-1:] != (self.dim,):
             raise ValueError(f"theta must have shape (..., {self.dim}), got {tuple(theta.shape)}")
-        return self.estimator.log_prob(theta, self.x_o)
+        if theta.requires_grad:  # differentiable when asked (e.g. gradient-based MAP or HMC)
+            return self.estimator.log_prob(theta, self.x_o)
+        with torch.no_grad():
+            return self.estimator.log_prob(theta, self.x_o)
 
     def sample_and_log_prob(self, n: int, seed: int | None = None) -> tuple[Tensor, Tensor]:
         """``n`` draws ``(n, d)`` and their log-densities ``(n,)`` from one pass."""

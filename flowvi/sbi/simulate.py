@@ -8,6 +8,9 @@
   or on any ``concurrent.futures.Executor`` you pass (a Dask
   ``client.get_executor()``, ``mpi4py.futures.MPIPoolExecutor``, ...); the
   simulator must then be picklable (a module-level function or a partial of one).
+  Each batch seeds torch's and numpy's global generators in the process that runs
+  it, so the simulator's noise is reproducible in worker processes; threads share
+  those generators, so with a thread pool only the parameters are reproducible.
 * With ``store=``, each batch is written to a ``SimulationStore`` as it finishes;
   calling ``simulate`` again with the same ``n``, ``batch_size`` and ``seed``
   skips finished batches and draws the same parameters for the rest.

@@ -8,7 +8,6 @@ ten fixed observations per task as files; here ``observation(i, seed)`` draws
 from __future__ import annotations
 
 import zlib
-from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -64,7 +63,3 @@ def check_theta(theta: Tensor, dim: int) -> Tensor:
     if theta.dim() != 2 or theta.shape[1] != dim:
         raise ValueError(f"theta must have shape (b, {dim}), got {tuple(theta.shape)}")
     return theta
-
-
-def names(prefix: str, n: int) -> Sequence[str]:
-    return [f"{prefix}{i}" for i in range(n)]
