@@ -1,0 +1,201 @@
+"""flowvi NPE vs sbi 0.27 NPE, side by side in one run: C2ST to reference posteriors and time.
+
+For every task and simulation budget both methods train on the *same* simulations
+(density estimator "nsf" on both sides, each library's defaults otherwise), one
+after the other in alternating order, with the same torch threads. Each trained
+posterior then draws 10,000 samples at each observation and is scored by C2ST
+against 10,000 reference draws (``flowvi.sbi.c2st``: an MLP classifier z-scored on
+the reference, 5-fold, as in the SBI benchmark; 0.5 is perfect).
+
+Run it in an environment that has sbi 0.27 and flowvi, e.g.
+
+    python benchmarks/npe_vs_sbi.py --out docs/benchmarks --observations 3
+
+Rows are appended to ``<out>/npe_vs_sbi.csv`` as they finish and finished rows are
+skipped on a rerun, so an interrupted run resumes. ``--refs DIR`` uses observations
+and reference samples exported from sbibm (``benchmarks/sbibm_export.py``, run in
+an environment with sbibm) instead of flowvi's own tasks' observations/references.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from flowvi import sbi as fsbi
+from flowvi.sbi import tasks as ftasks
+
+COLUMNS = ["task", "sims", "method", "obs", "c2st", "train_s", "epochs", "sample10k_s", "obs_source"]
+
+
+def to_sbi_prior(prior):
+    """The same prior as a distribution sbi's prior checks accept."""
+    from sbi.utils import BoxUniform
+
+    if isinstance(prior, fsbi.BoxUniform):
+        return BoxUniform(prior.low, prior.high)
+    if isinstance(prior, torch.distributions.MultivariateNormal):
+        return torch.distributions.MultivariateNormal(prior.loc, scale_tril=prior.scale_tril)
+    if isinstance(prior, torch.distributions.Independent):
+        base = prior.base_dist
+        return torch.distributions.Independent(torch.distributions.Normal(base.loc, base.scale), 1)
+    raise TypeError(f"no sbi conversion for {type(prior).__name__}")
+
+
+def train_flowvi(task, theta, x, seed):
+    npe = fsbi.NPE(task.prior, "nsf", seed=seed)
+    npe.append_simulations(theta, x)
+    t0 = time.perf_counter()
+    npe.train(show_progress=False)
+    seconds = time.perf_counter() - t0
+
+    def sample(x_o, n):
+        return npe.posterior(x_o).sample((n,), seed=seed)
+
+    return sample, seconds, npe.history[-1].epochs
+
+
+def train_sbi(task, theta, x, seed):
+    from sbi.inference import NPE
+
+    torch.manual_seed(seed)
+    inference = NPE(prior=to_sbi_prior(task.prior), density_estimator="nsf", show_progress_bars=False)
+    inference.append_simulations(theta, x)
+    t0 = time.perf_counter()
+    inference.train(show_train_summary=False)
+    seconds = time.perf_counter() - t0
+    posterior = inference.build_posterior()
+
+    def sample(x_o, n):
+        torch.manual_seed(seed)
+        return posterior.sample((n,), x=x_o.unsqueeze(0), show_progress_bars=False)
+
+    return sample, seconds, int(inference._summary["epochs_trained"][-1])
+
+
+METHODS = {"flowvi": train_flowvi, "sbi": train_sbi}
+
+
+def observations(task, k, refs: Path | None, n_ref, seed):
+    """``[(i, x_o, reference (n_ref, d), source)]`` for observations 1..k."""
+    out = []
+    for i in range(1, k + 1):
+        f = None if refs is None else refs / f"{task.name}_{i}.npz"
+        if f is not None and f.exists():
+            data = np.load(f)
+            x_o = torch.as_tensor(data["x_o"], dtype=torch.float32).reshape(task.x_shape)
+            ref = torch.as_tensor(data["reference"][:n_ref], dtype=torch.float32)
+            out.append((i, x_o, ref, "sbibm"))
+        else:
+            _, x_o = task.observation(i, seed=seed)
+            out.append((i, x_o, task.reference_posterior(x_o, n_ref, seed=seed), "flowvi"))
+    return out
+
+
+def main(argv=None) -> pd.DataFrame:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tasks", default="two_moons,gaussian_linear,gaussian_mixture,slcp,bernoulli_glm")
+    ap.add_argument("--sims", default="1000,10000")
+    ap.add_argument("--observations", type=int, default=3)
+    ap.add_argument("--n-samples", type=int, default=10_000, help="posterior and reference draws for C2ST")
+    ap.add_argument("--refs", default=None, help="folder of sbibm exports (<task>_<i>.npz)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="docs/benchmarks")
+    ap.add_argument("--check-tasks", action="store_true",
+                    help="only score flowvi's reference posteriors against sbibm's (needs --refs)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.check_tasks:
+        return check_tasks(args, out)
+    csv = out / "npe_vs_sbi.csv"
+    done = pd.read_csv(csv) if csv.exists() else pd.DataFrame(columns=COLUMNS)
+    refs = Path(args.refs) if args.refs else None
+    sims_list = [int(s) for s in args.sims.split(",")]
+    for ti, name in enumerate(args.tasks.split(",")):
+        task = ftasks.get_task(name)
+        obs = None
+        for si, sims in enumerate(sims_list):
+            todo = [m for m in METHODS if not ((done.task == name) & (done.sims == sims) & (done.method == m)).any()]
+            if not todo:
+                continue
+            obs = obs or observations(task, args.observations, refs, args.n_samples, args.seed)
+            g = torch.Generator().manual_seed(args.seed + 1000 * ti + si)
+            with torch.random.fork_rng():
+                torch.manual_seed(int(torch.randint(2**31 - 1, (), generator=g)))
+                theta = task.prior.sample((sims,))
+                x = task.simulator(theta)
+            # alternate who goes first so slow drift in machine load does not favour one side
+            order = todo if (ti + si) % 2 == 0 else todo[::-1]
+            for method in order:
+                sample, seconds, epochs = METHODS[method](task, theta, x, args.seed)
+                rows = []
+                for i, x_o, ref, source in obs:
+                    t0 = time.perf_counter()
+                    draws = sample(x_o, args.n_samples)
+                    t_sample = time.perf_counter() - t0
+                    score = fsbi.c2st(ref, draws, seed=args.seed)
+                    rows.append(dict(task=name, sims=sims, method=method, obs=i, c2st=round(score, 4),
+                                     train_s=round(seconds, 2), epochs=epochs, sample10k_s=round(t_sample, 3),
+                                     obs_source=source))
+                    print(rows[-1], flush=True)
+                # a method's rows are written together, so a resumed run never keeps half a method
+                pd.DataFrame(rows, columns=COLUMNS).to_csv(csv, mode="a", header=not csv.exists(), index=False)
+                done = pd.read_csv(csv)
+    table = summarise(pd.read_csv(csv))
+    (out / "npe_vs_sbi.md").write_text(table)
+    print(table)
+    return done
+
+
+def check_tasks(args, out: Path) -> pd.DataFrame:
+    """C2ST of flowvi's task reference posterior vs sbibm's at sbibm's observations (~0.5 if they agree)."""
+    if not args.refs:
+        raise SystemExit("--check-tasks needs --refs (run benchmarks/sbibm_export.py first)")
+    rows = []
+    for name in args.tasks.split(","):
+        task = ftasks.get_task(name)
+        for i, x_o, ref, source in observations(task, args.observations, Path(args.refs), args.n_samples, args.seed):
+            if source != "sbibm":
+                continue
+            t0 = time.perf_counter()
+            ours = task.reference_posterior(x_o, args.n_samples, seed=args.seed)
+            seconds = time.perf_counter() - t0
+            rows.append(dict(task=name, obs=i, c2st=round(fsbi.c2st(ref, ours, seed=args.seed), 4),
+                             reference_s=round(seconds, 1)))
+            print(rows[-1], flush=True)
+    df = pd.DataFrame(rows)
+    df.to_csv(out / "sbi_tasks_vs_sbibm.csv", index=False)
+    print(df.groupby("task").c2st.agg(["mean", "max"]))
+    return df
+
+
+def summarise(df: pd.DataFrame) -> str:
+    """Markdown: mean C2ST per task/sims/method, training time and the flowvi/sbi time ratio."""
+    lines = ["| task | sims | C2ST flowvi | C2ST sbi | train s flowvi | train s sbi | time ratio | epochs flowvi / sbi | 10k draws s flowvi / sbi |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    ratios = []
+    for (task, sims), g in df.groupby(["task", "sims"], sort=False):
+        m = {k: v for k, v in g.groupby("method")}
+        if set(m) != {"flowvi", "sbi"}:
+            continue
+        f, s = m["flowvi"], m["sbi"]
+        ratio = f.train_s.iloc[0] / s.train_s.iloc[0]
+        ratios.append(ratio)
+        lines.append(f"| {task} | {sims} | {f.c2st.mean():.3f} | {s.c2st.mean():.3f} | {f.train_s.iloc[0]:.1f} | "
+                     f"{s.train_s.iloc[0]:.1f} | {ratio:.2f} | {f.epochs.iloc[0]} / {s.epochs.iloc[0]} | "
+                     f"{f.sample10k_s.median():.2f} / {s.sample10k_s.median():.2f} |")
+    if ratios:
+        lines.append(f"\nMedian training-time ratio flowvi/sbi: {statistics.median(ratios):.2f}")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
