@@ -195,3 +195,17 @@ def test_embeddings_and_zscore():
     spiky = torch.linspace(-1, 1, 101).unsqueeze(1).clone()
     spiky[0] = 1e6
     assert sbi.ZScore((1,), robust=True).fit(spiky).scale < 2 < sbi.ZScore((1,)).fit(spiky).scale
+
+
+def test_mlp_embedding_skip_passes_raw_x_for_small_observations():
+    small = sbi.MLPEmbedding((3,), out_features=5)
+    x = torch.randn(4, 3)
+    out = small(x)
+    assert small.skip and small.out_features == 8 and out.shape == (4, 8)
+    assert torch.equal(out[:, :3], x)  # the raw (z-scored) x reaches the flow unchanged
+    assert torch.allclose(out[:, 3:], small.net(x))
+    big = sbi.MLPEmbedding((10, 10), out_features=5)  # 100 numbers > 64: summary only
+    assert not big.skip and big(torch.randn(2, 10, 10)).shape == (2, 5)
+    assert sbi.MLPEmbedding((10, 10), out_features=5, skip=True)(torch.randn(2, 10, 10)).shape == (2, 105)
+    with pytest.raises(ValueError, match="skip"):
+        sbi.MLPEmbedding((3,), skip="yes")

@@ -35,20 +35,35 @@ class MLPEmbedding(nn.Module):
 
     Args:
         x_shape: shape of one observation.
-        out_features: size of the summary (the flow's context).
+        out_features: size of the learnt summary.
         hidden: hidden layer sizes (ReLU).
+        skip: also pass the (z-scored) ``x`` itself to the flow, so the output is
+            ``[x, mlp(x)]`` of size ``x.numel() + out_features``. ``"auto"``: on for
+            observations of at most 64 numbers. Why: a ReLU net only approximates
+            the linear part of ``x -> posterior``; on gaussian_linear (posterior mean
+            linear in x) the net alone left a posterior-mean bias of ~0.2 posterior
+            sd per coordinate, visible to C2ST, that the raw-``x`` path removes.
     """
 
     z_score = "independent"
 
-    def __init__(self, x_shape: Sequence[int], out_features: int = 32, hidden: Sequence[int] = (64, 64)):
+    def __init__(self, x_shape: Sequence[int], out_features: int = 32, hidden: Sequence[int] = (64, 64),
+                 skip: bool | str = "auto"):
         super().__init__()
         self.x_shape = tuple(x_shape)
-        self.out_features = int(out_features)
-        self.net = mlp(math.prod(self.x_shape), self.out_features, tuple(hidden))
+        numel = math.prod(self.x_shape)
+        if skip == "auto":
+            skip = numel <= 64
+        elif not isinstance(skip, bool):
+            raise ValueError(f"skip must be True, False or 'auto', got {skip!r}")
+        self.skip = skip
+        self.out_features = int(out_features) + (numel if skip else 0)
+        self.net = mlp(numel, int(out_features), tuple(hidden))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x.reshape(*x.shape[: x.dim() - len(self.x_shape)], -1))
+        flat = x.reshape(*x.shape[: x.dim() - len(self.x_shape)], -1)
+        h = self.net(flat)
+        return torch.cat([flat, h], -1) if self.skip else h
 
 
 class CNN1DEmbedding(nn.Module):
