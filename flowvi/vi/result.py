@@ -88,6 +88,19 @@ class VIResult:
         posterior = {name: x[None, :, i] for i, name in enumerate(self.names)}
         return az.from_dict(posterior=posterior, sample_stats={"log_weight": lw.double().numpy()[None]})
 
+    def save(self, path, metadata: dict | None = None):
+        """Save flow, trace, run facts and diagnostics (not the log density): see ``flowvi.io.save_result``."""
+        from ..io import save_result
+
+        return save_result(self, path, metadata=metadata)
+
+    @classmethod
+    def load(cls, path, log_prob=None) -> "VIResult":
+        """Load a saved result; pass ``log_prob`` back to use the target (see ``flowvi.io.load_result``)."""
+        from ..io import load_result
+
+        return load_result(path, log_prob=log_prob)
+
     def __repr__(self) -> str:
         last = np.mean(self.trace[-100:]) if self.trace else float("nan")
         return (
