@@ -23,30 +23,17 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import pyro.distributions as pdist
-import pyro.distributions.transforms as T
 import torch
 
 import flowvi
+from flowvi.bench import pyro_layer
 
 HIDDEN = (64, 64)
 
 
 def pyro_factory(name, dim):
-    h = list(HIDDEN)
-    t = {
-        "planar": lambda: T.planar(dim),
-        "radial": lambda: T.radial(dim),
-        "householder": lambda: T.sylvester(dim, count_transforms=min(dim, 8)),
-        "iaf": lambda: T.affine_autoregressive(dim, hidden_dims=h),
-        "maf": lambda: T.affine_autoregressive(dim, hidden_dims=h).inv,
-        "realnvp": lambda: T.affine_coupling(dim, hidden_dims=h),
-        "nsf": lambda: T.spline_coupling(dim, hidden_dims=h, count_bins=8, bound=5.0),
-        "spline-ar": lambda: T.spline_autoregressive(dim, hidden_dims=h, count_bins=8, bound=5.0),
-    }[name]()
-    base = pdist.Normal(torch.zeros(dim), torch.ones(dim)).to_event(1)
-    module = t._inv if isinstance(t, torch.distributions.transforms._InverseTransform) else t
-    return pdist.TransformedDistribution(base, [t]), module
+    # the same Pyro peers as ``flowvi bench`` (spline-ar forward, MAF as an inverted IAF)
+    return pyro_layer(name, dim, "sample", HIDDEN)
 
 
 def zuko_factory(name, dim):

@@ -129,22 +129,52 @@ def peers_table(args):
     return pd.DataFrame(rows)
 
 
-def families_table(args):
-    rows = []
+def families_table(args, csv: Path):
+    """Every family x target, one fit each with flowvi's defaults and ``--max-steps``.
+
+    Rows are appended to ``csv`` as fits finish and finished (target, family) pairs are
+    skipped on a rerun, so an interrupted table resumes. ``gap_closed`` is the share of
+    the best full-rank Gaussian's KL (the ``lu`` row: flowvi's LU + affine layers alone)
+    that the family removes."""
+    done = pd.read_csv(csv) if csv.exists() else pd.DataFrame()
     for name in args.targets or TABLE_TARGETS:
         target = targets.get(name)
         for family in args.families or TABLE_FAMILIES:
+            if len(done) and ((done.target == name) & (done.family == family)).any():
+                continue
             try:
                 kl, sec, k, steps = flowvi_fit(target, family, args.seed, max_steps=args.max_steps)
             except Exception as e:  # a failed fit is a result too: report it
                 kl, sec, k, steps = float("nan"), float("nan"), float("nan"), 0
                 print(f"{name} {family}: {type(e).__name__}: {e}")
-            rows.append(dict(target=name, family=family, kl=kl, k_hat=k, seconds=sec, steps=steps))
-            print(rows[-1], flush=True)
-    table = pd.DataFrame(rows)
+            row = dict(target=name, family=family, kl=kl, k_hat=k, seconds=sec, steps=steps)
+            pd.DataFrame([row]).to_csv(csv, mode="a", header=not csv.exists(), index=False)
+            done = pd.read_csv(csv)
+            print(row, flush=True)
+    table = pd.read_csv(csv)
     gauss = table[table.family == "lu"].set_index("target")["kl"]
-    table["gap_closed"] = [1 - r.kl / gauss[r.target] if gauss[r.target] > 0 else math.nan for r in table.itertuples()]
+    table["gap_closed"] = [1 - r.kl / gauss[r.target] if r.target in gauss and gauss[r.target] > 0 else math.nan
+                           for r in table.itertuples()]
     return table
+
+
+def families_markdown(table: pd.DataFrame) -> str:
+    """KL (k-hat) per family (rows) and target (columns), and the gap closed."""
+    cell = lambda r: f"{r.kl:.3f} ({r.k_hat:.2f})" if r.kl == r.kl else "failed"
+    targets_ = list(dict.fromkeys(table.target))
+    lines = ["| family | " + " | ".join(targets_) + " |", "|---|" + "---|" * len(targets_)]
+    for fam in dict.fromkeys(table.family):
+        sub = table[table.family == fam].set_index("target")
+        cells = [cell(sub.loc[t]) if t in sub.index else "" for t in targets_]
+        lines.append(f"| {fam} | " + " | ".join(cells) + " |")
+    lines += ["", "Share of the full-rank Gaussian's KL removed (1 - KL / KL_lu):", "",
+              "| family | " + " | ".join(targets_) + " |", "|---|" + "---|" * len(targets_)]
+    for fam in dict.fromkeys(table.family):
+        sub = table[table.family == fam].set_index("target")
+        cells = [f"{sub.loc[t].gap_closed:.0%}" if t in sub.index and sub.loc[t].gap_closed == sub.loc[t].gap_closed
+                 else "" for t in targets_]
+        lines.append(f"| {fam} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def main():
@@ -162,8 +192,8 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.families_table:
-        table = families_table(args)
-        table.to_csv(out / "vi_families.csv", index=False)
+        table = families_table(args, out / "vi_families.csv")
+        (out / "vi_families.md").write_text(families_markdown(table))
     else:
         table = peers_table(args)
         table.to_csv(out / "vi_vs_pyro.csv", index=False)

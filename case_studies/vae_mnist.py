@@ -45,6 +45,9 @@ def main(argv=None) -> pd.DataFrame:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup-epochs", type=float, default=0.0, help="KL warm-up length (epochs)")
     ap.add_argument("--free-bits", type=float, default=0.0, help="nats per latent dim (floor on total KL)")
+    ap.add_argument("--sylvester-m", type=int, default=None,
+                    help="columns of Q for orthogonal Sylvester (default z-dim; van den Berg et al. use 32 of 64)")
+    ap.add_argument("--num-householder", type=int, default=None, help="reflections per Householder Sylvester layer")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--k", type=int, default=1000, help="importance samples for the IWAE log-likelihood")
     ap.add_argument("--test-size", type=int, default=1000, help="seeded random test subset for IWAE (<=0: all)")
@@ -71,7 +74,12 @@ def main(argv=None) -> pd.DataFrame:
         if name not in LABELS:
             raise SystemExit(f"unknown family {name!r}; choose from {','.join(LABELS)}")
         torch.manual_seed(args.seed)
-        model = V.VAE(784, args.z_dim, family=LABELS[name], flow_layers=args.flow_layers, hidden=hidden)
+        extra = {}
+        if name == "sylvester" and args.sylvester_m:
+            extra["m"] = args.sylvester_m
+        if name == "householder" and args.num_householder:
+            extra["num_householder"] = args.num_householder
+        model = V.VAE(784, args.z_dim, family=LABELS[name], flow_layers=args.flow_layers, hidden=hidden, **extra)
         ckpt = Path(args.checkpoint_dir) / f"vae_{name}.pt" if args.checkpoint_dir else None
         if ckpt is not None:
             ckpt.parent.mkdir(parents=True, exist_ok=True)

@@ -40,6 +40,17 @@ def _numpy(x) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
+def _row_of_axes(axes, n: int, panel_size: tuple[float, float]):
+    """``(fig, axes)``: a new figure with ``n`` panels in a row, or the given axes checked."""
+    if axes is None:
+        fig = _figure((panel_size[0] * n, panel_size[1]))
+        return fig, fig.subplots(1, n, squeeze=False)[0]
+    axes = np.atleast_1d(axes)
+    if len(axes) < n:
+        raise ValueError(f"need {n} axes, got {len(axes)}")
+    return axes[0].figure, axes
+
+
 def save(fig, path, dpi: int = 110) -> None:
     """Write ``fig`` to ``path`` (format from the suffix) and release it from pyplot if it is
     registered there (figures from ``flowvi.sbi.plot_sbc`` are)."""
@@ -164,14 +175,7 @@ def density_2d(q, target=None, *, bounds: Sequence[float] | None = None, grid: i
             raise ValueError("give bounds=(x_min, x_max, y_min, y_max): neither q nor the target can be sampled")
         bounds = _default_bounds(draws)
     dens = [grid_density(p, bounds, grid, dtype=_dtype_of(q))[2] for p in panels]
-    if axes is None:
-        fig = _figure((4.2 * len(panels), 3.8))
-        axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    else:
-        axes = np.atleast_1d(axes)
-        fig = axes[0].figure
-    if len(axes) < len(panels):
-        raise ValueError(f"need {len(panels)} axes, got {len(axes)}")
+    fig, axes = _row_of_axes(axes, len(panels), (4.2, 3.8))
     vmax = max(float(d.max()) for d in dens)
     names = list(titles)[-len(panels):] if target is not None else [list(titles)[-1]]
     extent = tuple(bounds)
@@ -348,12 +352,7 @@ def vae_grid(samples, originals=None, reconstructions=None, *, image_shape=None,
         rows = [blk for s in range(0, o.shape[0], k) for blk in (o[s:s + k], r[s:s + k])]
         rows = [np.pad(b, ((0, k - b.shape[0]), (0, 0)), constant_values=0.5) for b in rows]
         panels.append(("data (odd rows) / reconstructions (even rows)", tile(np.concatenate(rows), image_shape, k)))
-    if axes is None:
-        fig = _figure((4.0 * len(panels), 4.2))
-        axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    else:
-        axes = np.atleast_1d(axes)
-        fig = axes[0].figure
+    fig, axes = _row_of_axes(axes, len(panels), (4.0, 4.2))
     for ax, (title, img) in zip(axes, panels):
         ax.imshow(img, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
         ax.set_title(title, fontsize=9)
