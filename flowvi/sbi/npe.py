@@ -236,7 +236,7 @@ class NPE:
         loss: str = "auto",
         num_atoms: int = 10,
         combined_loss: bool = True,
-        batch_size: int = 200,
+        batch_size: int = 100,
         lr: float = 5e-4,
         max_epochs: int = 1000,
         patience: int = 20,

@@ -114,7 +114,7 @@ def train_estimator(
     loss: str = "npe",
     num_atoms: int = 10,
     combined_loss: bool = False,
-    batch_size: int = 200,
+    batch_size: int = 100,
     lr: float = 5e-4,
     max_epochs: int = 1000,
     patience: int = 20,
