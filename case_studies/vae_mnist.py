@@ -7,7 +7,8 @@ epochs done and seconds per epoch.
 
     python case_studies/vae_mnist.py --budget-seconds 1800 --k 1000 --test-size 2000
 
-Writes <out>/vae_mnist.csv and <out>/vae_mnist.md. Nothing is downloaded: the data
+Writes <out>/vae_mnist.csv, <out>/vae_mnist.md and a figure per family (samples,
+and test images over their reconstructions), <out>/vae_mnist_<family>.png. Nothing is downloaded: the data
 file is ../shared/data/binarized_mnist/binarized_mnist.npz unless --data is given.
 """
 from __future__ import annotations
@@ -30,6 +31,13 @@ def to_markdown(table: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
     return "\n".join(lines) + "\n"
+
+
+def figure(model, test, path: Path, seed: int) -> None:
+    """Samples from p(x), and 16 test images over their reconstructions."""
+    from flowvi import plots
+
+    plots.save(plots.vae_figure(model, test[:16], n=32, image_shape=(28, 28), seed=seed), path)
 
 
 def main(argv=None) -> pd.DataFrame:
@@ -58,6 +66,8 @@ def main(argv=None) -> pd.DataFrame:
     ap.add_argument("--out", default="case_studies/results")
     ap.add_argument("--checkpoint-dir", default=None, help="resume per-family runs from here")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--figures-only", action="store_true",
+                    help="only redraw each family's samples/reconstructions figure from its checkpoint")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -83,6 +93,12 @@ def main(argv=None) -> pd.DataFrame:
         ckpt = Path(args.checkpoint_dir) / f"vae_{name}.pt" if args.checkpoint_dir else None
         if ckpt is not None:
             ckpt.parent.mkdir(parents=True, exist_ok=True)
+        if args.figures_only:
+            if ckpt is None or not ckpt.exists():
+                raise SystemExit(f"--figures-only needs --checkpoint-dir with vae_{name}.pt in it")
+            model.load_state_dict(torch.load(ckpt, weights_only=False)["model"])
+            figure(model, test_ll, out / f"vae_mnist_{name}.png", args.seed)
+            continue
         hist = V.train(model, data["train"], valid, epochs=args.max_epochs, batch_size=args.batch_size,
                        lr=args.lr, seed=args.seed, checkpoint=ckpt, progress=not args.no_progress,
                        time_budget=args.budget_seconds, warmup_epochs=args.warmup_epochs, free_bits=args.free_bits)
@@ -90,6 +106,7 @@ def main(argv=None) -> pd.DataFrame:
         neg_elbo = -V.evaluate_elbo(model, test_elbo, seed=args.seed)
         ll = model.log_likelihood(test_ll, k=args.k, batch=100, chunk=100, seed=args.seed)
         eval_s = time.perf_counter() - t0
+        figure(model, test_ll, out / f"vae_mnist_{name}.png", args.seed)
         steps_per_epoch = -(-data["train"].shape[0] // args.batch_size)
         steps, secs = int(hist.steps.sum()), float(hist.seconds.sum())
         row = {
@@ -109,7 +126,7 @@ def main(argv=None) -> pd.DataFrame:
         table = pd.DataFrame(rows)
         table.to_csv(out / "vae_mnist.csv", index=False)
         (out / "vae_mnist.md").write_text(to_markdown(table))
-    return table
+    return pd.DataFrame(rows)
 
 
 if __name__ == "__main__":
