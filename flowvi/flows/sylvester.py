@@ -71,6 +71,30 @@ def _vecmat(v: Tensor, A: Tensor) -> Tensor:
     return v @ A if A.dim() == 2 else (v.unsqueeze(-2) @ A).squeeze(-2)
 
 
+class _Reflections:
+    """``Q = H_1 H_2 ... H_K`` with ``H_k = I - 2 v_k v_k^T / |v_k|^2`` (``v`` (*, K, D)), applied
+    to row vectors without forming Q."""
+
+    def __init__(self, v: Tensor):
+        self.v = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+    def _reflect(self, x: Tensor, k: int) -> Tensor:
+        vk = self.v[..., k, :]
+        return x - 2 * (x * vk).sum(-1, keepdim=True) * vk
+
+    def transpose_apply(self, x: Tensor) -> Tensor:
+        """``Q^T x = H_K ... H_1 x``."""
+        for k in range(self.v.shape[-2]):
+            x = self._reflect(x, k)
+        return x
+
+    def apply(self, y: Tensor) -> Tensor:
+        """``Q y = H_1 ... H_K y``."""
+        for k in range(self.v.shape[-2] - 1, -1, -1):
+            y = self._reflect(y, k)
+        return y
+
+
 class Sylvester(FlowLayer):
     """One Sylvester step ``x = z + Q R tanh(R~ Q^T z + b)`` on ``R^dim``.
 
@@ -151,13 +175,15 @@ class Sylvester(FlowLayer):
             Q = Q - 2 * (Q @ vk.unsqueeze(-1)) * vk.unsqueeze(-2)
         return Q
 
-    def _parts(self, context):
+    def _parts(self, context, matrix: bool = True):
+        """``(Q, R, R~, b, 1 + r_ii r~_ii)``. With ``matrix=False`` a Householder ``Q`` stays a
+        ``_Reflections`` (applied to vectors in O(K D) per point, never built as a matrix)."""
         p = dict(zip(self.params.names, self.params(context)))
         Q = None  # triangular: the identity or the reversal, applied by indexing
         if self.kind == "orthogonal":
             Q = orthogonalize(p["Q"])
         elif self.kind == "householder":
-            Q = self._householder(p["v"])
+            Q = self._householder(p["v"]) if matrix else _Reflections(p["v"])
         d, dt = p["diag"], p["diag_tilde"]
         # 1 + tanh(d) tanh(dt) = cosh(d + dt) / (cosh d cosh dt), in a form that stays positive
         # where both tanh round to +-1 (|raw| > 9 in float32) and 1 + r_ii r~_ii would cancel to 0
@@ -175,12 +201,16 @@ class Sylvester(FlowLayer):
         """``Q^T v`` for row vectors ``v`` (*, D) -> (*, M)."""
         if Q is None:
             return v.flip(-1) if self.flip else v
+        if isinstance(Q, _Reflections):
+            return Q.transpose_apply(v)
         return _vecmat(v, Q)
 
     def _from_q(self, y: Tensor, Q: Tensor | None) -> Tensor:
         """``Q y`` for row vectors ``y`` (*, M) -> (*, D)."""
         if Q is None:
             return y.flip(-1) if self.flip else y
+        if isinstance(Q, _Reflections):
+            return Q.apply(y)
         return _vecmat(y, Q.transpose(-1, -2))
 
     @staticmethod
@@ -191,8 +221,15 @@ class Sylvester(FlowLayer):
 
     def forward_and_log_det(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._check(z, context)
+        if context is not None:
+            # one parameter set per point (amortised): apply Q, R~, R to the vectors, O(D M) per
+            # point; folding Q into the factors would cost a D x M x M product per point
+            Q, R, Rt, b, one_plus_rr = self._parts(context, matrix=False)
+            h = torch.tanh(_vecmat(self._to_q(z, Q), Rt.transpose(-1, -2)) + b)
+            x = z + self._from_q(_vecmat(h, R.transpose(-1, -2)), Q)
+            return x, torch.log(self._slope(h, one_plus_rr)).sum(-1)
         Q, R, Rt, b, one_plus_rr = self._parts(context)
-        # fold Q into the triangular factors once per parameter set rather than once per point
+        # shared parameters: fold Q into the triangular factors once rather than once per point
         w_in, w_out = Rt.transpose(-1, -2), R.transpose(-1, -2)  # row-vector form: a = z Q R~^T + b, x = z + h R^T Q^T
         if Q is not None:
             w_in, w_out = Q @ w_in, w_out @ Q.transpose(-1, -2)
@@ -204,7 +241,7 @@ class Sylvester(FlowLayer):
     def inverse_and_log_det(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Numerical inverse by back-substitution (module doc), differentiable implicitly."""
         self._check(x, context)
-        Q, R, Rt, b, one_plus_rr = self._parts(context)
+        Q, R, Rt, b, one_plus_rr = self._parts(context, matrix=False)
         y = self._to_q(x, Q)
         batch, M = torch.broadcast_shapes(y.shape[:-1], R.shape[:-2]), self.m
         y, R, Rt, b = y.expand(*batch, M), R.expand(*batch, M, M), Rt.expand(*batch, M, M), b.expand(*batch, M)
