@@ -51,6 +51,8 @@ def main(argv=None) -> pd.DataFrame:
     ap.add_argument("--max-epochs", type=int, default=10_000)
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--flow-lr-scale", type=float, default=0.1,
+                    help="learning-rate factor of the flow layers (flowvi.vae.train's flow_lr_scale)")
     ap.add_argument("--warmup-epochs", type=float, default=0.0, help="KL warm-up length (epochs)")
     ap.add_argument("--free-bits", type=float, default=0.0, help="nats per latent dim (floor on total KL)")
     ap.add_argument("--sylvester-m", type=int, default=None,
@@ -101,7 +103,8 @@ def main(argv=None) -> pd.DataFrame:
             continue
         hist = V.train(model, data["train"], valid, epochs=args.max_epochs, batch_size=args.batch_size,
                        lr=args.lr, seed=args.seed, checkpoint=ckpt, progress=not args.no_progress,
-                       time_budget=args.budget_seconds, warmup_epochs=args.warmup_epochs, free_bits=args.free_bits)
+                       time_budget=args.budget_seconds, warmup_epochs=args.warmup_epochs, free_bits=args.free_bits,
+                       flow_lr_scale=args.flow_lr_scale)
         t0 = time.perf_counter()
         neg_elbo = -V.evaluate_elbo(model, test_elbo, seed=args.seed)
         ll = model.log_likelihood(test_ll, k=args.k, batch=100, chunk=100, seed=args.seed)

@@ -90,3 +90,18 @@ def test_pyro_svi_trains_flow_posterior():
     assert after > before + 0.3 and after > -6.9
     names = set(pyro.get_param_store().keys())
     assert any(n.startswith("vae_flow") for n in names) and any(n.startswith("vae_decoder") for n in names)
+
+
+def test_flow_lr_scale_sets_the_flow_layers_learning_rate():
+    from flowvi.vae.train import param_groups
+
+    m = V.VAE(6, 2, family="iaf", flow_layers=2, hidden=(8,))
+    groups = param_groups(m, 1e-3, 0.1)
+    assert [g["lr"] for g in groups] == [1e-3, pytest.approx(1e-4)]
+    head = {id(p) for p in m.flow.layers[0].parameters()}
+    flow = {id(p) for layer in list(m.flow.layers)[1:] for p in layer.parameters()}
+    assert head <= {id(p) for p in groups[0]["params"]} and flow == {id(p) for p in groups[1]["params"]}
+    assert sum(len(g["params"]) for g in groups) == len(list(m.parameters()))
+    assert len(param_groups(V.VAE(6, 2, family=None, hidden=(8,)), 1e-3, 0.1)) == 1
+    with pytest.raises(ValueError, match="flow_lr_scale"):
+        param_groups(m, 1e-3, 0.0)

@@ -48,6 +48,19 @@ def beta_at(epoch_float: float, warmup_epochs: float, beta_start: float = 0.0) -
     return min(1.0, beta_start + (1.0 - beta_start) * epoch_float / warmup_epochs)
 
 
+def param_groups(model, lr: float, flow_lr_scale: float) -> list[dict]:
+    """Adam groups: the flow layers after the Gaussian head at ``lr * flow_lr_scale``, the rest at ``lr``."""
+    if not float(flow_lr_scale) > 0:
+        raise ValueError(f"flow_lr_scale must be > 0, got {flow_lr_scale}")
+    flow_layers = list(model.flow.layers)[1:]  # layer 0 is the Gaussian head
+    flow_ids = {id(p) for layer in flow_layers for p in layer.parameters()}
+    rest = [p for p in model.parameters() if id(p) not in flow_ids]
+    groups = [{"params": rest, "lr": float(lr)}]
+    if flow_ids:
+        groups.append({"params": [p for p in model.parameters() if id(p) in flow_ids], "lr": float(lr) * float(flow_lr_scale)})
+    return groups
+
+
 def train(
     model,
     train_data,
@@ -63,6 +76,7 @@ def train(
     free_bits: float = 0.0,
     clip_grad: float | None = 100.0,
     valid_batch_size: int = 500,
+    flow_lr_scale: float = 1.0,
 ) -> pd.DataFrame:
     """Train ``model`` by Adam on the (annealed, free-bits) negative ELBO.
 
@@ -80,6 +94,12 @@ def train(
         free_bits: nats per latent dimension; the batch-mean total KL is floored at
             ``free_bits * z_dim`` (see ``VAE.loss``).
         clip_grad: gradient-norm clip (None: off); guards against rare huge steps.
+        flow_lr_scale: the flow layers after the Gaussian head learn at ``lr * flow_lr_scale``.
+            With a wide encoder output ``h`` (300 on MNIST) their conditioner/hyper networks
+            move every per-datapoint flow parameter fast at the full rate, and the flow VAEs
+            fell behind the diagonal one per epoch (valid -ELBO after 6 MNIST epochs: planar
+            137.7 and IAF 129.2 at 1.0 vs 125.2 and 124.5 at 0.1; diagonal 125.5): use about
+            0.1 there. On small problems with short runs 1.0 (the default) learns faster.
 
     Returns:
         DataFrame, one row per epoch: ``epoch``, ``train_neg_elbo`` (running mean of
@@ -96,7 +116,7 @@ def train(
     n = train_x.shape[0]
     steps_per_epoch = math.ceil(n / int(batch_size))
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = torch.optim.Adam(param_groups(model, lr, flow_lr_scale))
     gen = torch.Generator().manual_seed(int(seed))
     torch.manual_seed(int(seed))
     rows: list[dict] = []
