@@ -160,7 +160,7 @@ def families_table(args, csv: Path):
 
 def families_markdown(table: pd.DataFrame) -> str:
     """KL (k-hat) per family (rows) and target (columns), and the gap closed."""
-    cell = lambda r: f"{r.kl:.3f} ({r.k_hat:.2f})" if r.kl == r.kl else "failed"
+    cell = lambda r: f"{r.kl:.2g} ({r.k_hat:.2f})" if r.kl == r.kl else "failed"
     targets_ = list(dict.fromkeys(table.target))
     lines = ["| family | " + " | ".join(targets_) + " |", "|---|" + "---|" * len(targets_)]
     for fam in dict.fromkeys(table.family):
