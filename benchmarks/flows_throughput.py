@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 import flowvi
-from flowvi.bench import pyro_layer
+from flowvi.bench import flowvi_layer, pyro_layer
 
 HIDDEN = (64, 64)
 
@@ -45,18 +45,11 @@ def zuko_factory(name, dim):
 
 
 def flowvi_factory(name, dim):
-    kw = {}
-    if name == "householder":
-        kw["num_householder"] = min(dim, 8)
-    if name in ("nsf", "spline-ar"):
-        kw.update(bins=8, bound=5.0)
-    if name == "spline-ar":
-        kw["cheap"] = DIRECTION_CHEAP[CURRENT["direction"]]
-    flow = flowvi.build(name, dim, layers=1, hidden=HIDDEN, **kw)
+    # the same flowvi layers as ``flowvi bench``
+    flow = flowvi_layer(name, dim, "density" if CURRENT["direction"] == "density" else "sample", HIDDEN)
     return flow, flow
 
 
-DIRECTION_CHEAP = {"vi": "sample", "density": "density"}
 CURRENT = {"direction": "vi"}
 
 # (family, direction, peers)

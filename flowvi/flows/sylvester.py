@@ -168,12 +168,9 @@ class Sylvester(FlowLayer):
         return R + torch.diag_embed(torch.tanh(diag))
 
     def _householder(self, v: Tensor) -> Tensor:
-        v = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        Q = torch.eye(self.dim, dtype=v.dtype, device=v.device).expand(*v.shape[:-2], self.dim, self.dim)
-        for k in range(self.num_householder):  # a few reflections, each over the whole batch
-            vk = v[..., k, :]
-            Q = Q - 2 * (Q @ vk.unsqueeze(-1)) * vk.unsqueeze(-2)
-        return Q
+        # row i of I Q^T is (Q e_i)^T: apply the reflections to the identity's rows
+        eye = torch.eye(self.dim, dtype=v.dtype, device=v.device)
+        return _Reflections(v.unsqueeze(-3)).apply(eye).transpose(-1, -2)
 
     def _parts(self, context, matrix: bool = True):
         """``(Q, R, R~, b, 1 + r_ii r~_ii)``. With ``matrix=False`` a Householder ``Q`` stays a
