@@ -1,4 +1,6 @@
 """VAE trainer (checkpoint/resume, time budget, warm-up) and the Pyro interface."""
+import importlib
+
 import pyro
 import pytest
 import torch
@@ -38,13 +40,39 @@ def test_checkpoint_resume_continues_exactly(tmp_path):
     assert len(h3) == 4
 
 
-def test_time_budget_warmup_and_free_bits():
+class FakeClock:
+    """A perf_counter that advances a fixed tick per call, so where a budget runs out is deterministic."""
+
+    def __init__(self, tick):
+        self.t, self.tick = 0.0, tick
+
+    def perf_counter(self):
+        self.t += self.tick
+        return self.t
+
+
+def test_time_budget_cuts_mid_epoch_with_warmup_and_free_bits(monkeypatch):
+    T = importlib.import_module("flowvi.vae.train")  # the module; the package re-exports the function
+
+    x = data()  # 96 points, batch 16: 6 steps an epoch, 8 clock reads an epoch (start, 6 checks, end)
+    m = make("planar")
+    monkeypatch.setattr(T, "time", FakeClock(1.0))
+    # reads: 1 = t_start, epoch 1 uses 2..9, epoch 2 starts at 10; the check at read 13 (step 2) is 12 s in
+    h = V.train(m, x, epochs=1000, batch_size=16, time_budget=11.5, progress=False, warmup_epochs=2, free_bits=0.5)
+    assert list(h.epoch) == [1, 2] and list(h.complete) == [True, False] and list(h.steps) == [6, 2]
+    assert h.beta.iloc[0] < h.beta.iloc[1] < 1.0 and h.valid_neg_elbo.isna().all()
+    assert V.train(m, x, epochs=0, progress=False).empty
+
+
+def test_time_budget_spent_at_an_epoch_boundary_keeps_whole_epochs(monkeypatch):
+    T = importlib.import_module("flowvi.vae.train")  # the module; the package re-exports the function
+
     x = data()
     m = make("planar")
-    h = V.train(m, x, epochs=1000, batch_size=16, time_budget=0.3, progress=False, warmup_epochs=2, free_bits=0.5)
-    assert 1 <= len(h) < 1000 and not h.complete.iloc[-1]
-    assert h.beta.iloc[0] < 1.0 and h.valid_neg_elbo.isna().all()
-    assert V.train(m, x, epochs=0, progress=False).empty
+    monkeypatch.setattr(T, "time", FakeClock(1.0))
+    # epoch 2's first check is read 11, 10 s in: nothing of epoch 2 runs, epoch 1 stays the last (complete) row
+    h = V.train(m, x, epochs=1000, batch_size=16, time_budget=9.5, progress=False)
+    assert list(h.epoch) == [1] and h.complete.all() and list(h.steps) == [6]
 
 
 def test_free_bits_floor_stops_kl_gradient():
