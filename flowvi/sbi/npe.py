@@ -240,6 +240,8 @@ class NPE:
         lr: float = 5e-4,
         max_epochs: int = 1000,
         patience: int = 20,
+        lr_patience: int | None = None,
+        lr_factor: float = 0.5,
         val_fraction: float = 0.1,
         clip: float | None = 5.0,
         seed: int | None = None,
@@ -263,6 +265,8 @@ class NPE:
             batch_size, lr, clip: Adam minibatches; gradient-norm clip (None: off).
             max_epochs, patience, val_fraction: early stopping on a held-out split
                 (a row's split is fixed when appended, so it never moves between calls).
+            lr_patience, lr_factor: multiply ``lr`` by ``lr_factor`` after every
+                ``lr_patience`` epochs without a better validation loss (None: constant).
             seed: batch order and atoms (default: the NPE's seed).
             show_progress: tqdm progress bar.
             checkpoint, resume: save the training state every epoch to this file;
@@ -300,7 +304,7 @@ class NPE:
         data = TrainingData(z=z, x=self._x, prior_lp=prior_lp, from_prior=self._from_prior, is_val=is_val)
         result = train_estimator(
             est, data, loss=loss, num_atoms=num_atoms, combined_loss=combined_loss, batch_size=batch_size, lr=lr,
-            max_epochs=max_epochs, patience=patience, clip=clip,
+            max_epochs=max_epochs, patience=patience, lr_patience=lr_patience, lr_factor=lr_factor, clip=clip,
             seed=self.config["seed"] + 1000 * len(self.history) if seed is None else seed,
             show_progress=show_progress, checkpoint=checkpoint, resume=resume,
         )

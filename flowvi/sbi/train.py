@@ -118,6 +118,8 @@ def train_estimator(
     lr: float = 5e-4,
     max_epochs: int = 1000,
     patience: int = 20,
+    lr_patience: int | None = None,
+    lr_factor: float = 0.5,
     clip: float | None = 5.0,
     seed: int | None = 0,
     show_progress: bool = True,
@@ -134,6 +136,8 @@ def train_estimator(
         batch_size, lr, clip: minibatch size, Adam step size, gradient-norm clip (None: off).
         max_epochs, patience: stop after ``patience`` epochs without a better
             validation loss, or after ``max_epochs``.
+        lr_patience, lr_factor: multiply the step size by ``lr_factor`` after every
+            ``lr_patience`` epochs in a row without a better validation loss (None: constant).
         seed: drives batch order and atoms (None: unseeded).
         show_progress: tqdm bar over epochs (silent when False).
         checkpoint: file saved atomically after every epoch (current and best state,
@@ -142,6 +146,8 @@ def train_estimator(
     """
     if loss not in ("npe", "atomic"):
         raise ValueError(f"loss must be 'npe' or 'atomic', got {loss!r}")
+    if lr_patience is not None and (int(lr_patience) < 1 or not 0 < lr_factor < 1):
+        raise ValueError(f"need lr_patience >= 1 and 0 < lr_factor < 1, got {lr_patience!r}, {lr_factor!r}")
     train_idx = (~data.is_val).nonzero().squeeze(1)
     val_idx = data.is_val.nonzero().squeeze(1)
     if train_idx.numel() == 0:
@@ -216,6 +222,9 @@ def train_estimator(
                 state["bad"] += 1
                 if val_idx.numel() and state["bad"] >= patience:
                     state["done"] = True
+                elif lr_patience is not None and state["bad"] % int(lr_patience) == 0:
+                    for group in opt.param_groups:  # saved with the optimiser: a resumed run keeps it
+                        group["lr"] *= lr_factor
             bar.update(1)
             bar.set_postfix(train=f"{state['train_loss'][-1]:.3f}", val=f"{val:.3f}", best=f"{state['best_val']:.3f}")
             if ckpt:
