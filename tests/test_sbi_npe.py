@@ -165,6 +165,21 @@ def test_checkpoint_resume_continues_training(tmp_path):
         other.train(max_epochs=6, resume=True, **kw)
 
 
+def test_lr_plateau_schedule_lowers_the_step_and_is_checkpointed(tmp_path):
+    prior = sbi.BoxUniform(-torch.ones(1), torch.ones(1))
+    theta = prior.sample((200,))
+    x = theta + 0.1 * torch.randn(theta.shape, generator=torch.Generator().manual_seed(1234))
+    ckpt = tmp_path / "train.ckpt"
+    npe = sbi.NPE(prior, "affine", hidden=(8,), layers=1, embedding_net=None).append_simulations(theta, x)
+    # a step far below float32 resolution leaves the weights as they are: every epoch is "no better"
+    npe.train(lr=1e-30, lr_patience=2, lr_factor=0.5, patience=7, max_epochs=50, show_progress=False, checkpoint=ckpt)
+    assert npe.history[-1].epochs == 7 and npe.history[-1].stopped == "patience"
+    saved = torch.load(ckpt, weights_only=False)
+    assert saved["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-30 * 0.5**3)  # halved at 2, 4, 6
+    with pytest.raises(ValueError, match="lr_patience"):
+        npe.train(lr_patience=0, show_progress=False)
+
+
 def test_embeddings_and_zscore():
     # each built-in embedding maps (B, *x_shape) -> (B, k) and trains inside NPE
     prior = sbi.BoxUniform(-torch.ones(2), torch.ones(2))

@@ -29,9 +29,10 @@ def cross_entropy(post):
 def test_two_rounds_beat_one_round_at_equal_simulations():
     # a conditional Gaussian family ("affine") so the comparison is about the sequential
     # algorithm, not the flow. 800 simulations either way; measured over seeds 0-5: two
-    # rounds better by 0.62-3.6 nats in every seed
+    # rounds better by 0.62-3.6 nats in every seed, at this constant step (lr_patience=None; with
+    # lr=1e-3, lr_patience=5 on seed 0: one round 2.48, two rounds -4.89)
     kw = dict(hidden=(32, 32), layers=1, embedding_net=None, final_affine=False)
-    train = dict(lr=5e-3, batch_size=100, max_epochs=300, patience=20)
+    train = dict(lr=5e-3, lr_patience=None, batch_size=100, max_epochs=300, patience=20)
     one = sbi.SNPE(PRIOR, narrow, "affine", **kw).run(X_O, rounds=1, simulations_per_round=800, seed=0, train_kwargs=train)
     snpe = sbi.SNPE(PRIOR, narrow, "affine", **kw)
     two = snpe.run(X_O, rounds=2, simulations_per_round=400, seed=0, train_kwargs=train)
