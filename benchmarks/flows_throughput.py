@@ -25,7 +25,6 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-import flowvi
 from flowvi.bench import flowvi_layer, pyro_layer
 
 HIDDEN = (64, 64)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from npe_vs_sbi import observations, simulations  # the benchmark's simulations and sbibm observations
 
 from flowvi import sbi as fsbi
 from flowvi.sbi import tasks as ftasks
@@ -47,22 +48,13 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     task = ftasks.get_task(args.task)
-    # the simulations of benchmarks/npe_vs_sbi.py for this task and budget
-    g = torch.Generator().manual_seed(args.seed + 1000 * TASKS.index(args.task) + SIMS.index(args.sims))
-    with torch.random.fork_rng():
-        torch.manual_seed(int(torch.randint(2**31 - 1, (), generator=g)))
-        theta = task.prior.sample((args.sims,))
-        x = task.simulator(theta)
+    theta, x = simulations(task, TASKS.index(args.task), SIMS.index(args.sims), args.sims, args.seed)
     npe = fsbi.NPE(task.prior, "nsf", seed=args.seed).append_simulations(theta, x)
     t0 = time.perf_counter()
     npe.train(show_progress=False, **RECIPES[args.recipe])
     seconds = time.perf_counter() - t0
-    scores = []
-    for i in range(1, args.observations + 1):
-        ref = np.load(Path(args.refs) / f"{args.task}_{i}.npz")
-        x_o = torch.as_tensor(ref["x_o"], dtype=torch.float32).reshape(task.x_shape)
-        draws = npe.posterior(x_o).sample((10_000,), seed=args.seed)
-        scores.append(fsbi.c2st(torch.as_tensor(ref["reference"][:10_000], dtype=torch.float32), draws, seed=args.seed))
+    scores = [fsbi.c2st(ref, npe.posterior(x_o).sample((10_000,), seed=args.seed), seed=args.seed)
+              for _, x_o, ref, _ in observations(task, args.observations, Path(args.refs), 10_000, args.seed)]
     h = npe.history[-1]
     row = dict(task=args.task, sims=args.sims, recipe=args.recipe, c2st=[round(s, 4) for s in scores],
                mean=round(float(np.mean(scores)), 4), train_s=round(seconds, 1), epochs=h.epochs,

@@ -97,6 +97,15 @@ def observations(task, k, refs: Path | None, n_ref, seed):
     return out
 
 
+def simulations(task, task_index: int, sims_index: int, sims: int, seed: int):
+    """``theta (sims, d)``, ``x`` for one task and budget, from a seed of their own (global RNG left as it was)."""
+    g = torch.Generator().manual_seed(seed + 1000 * task_index + sims_index)
+    with torch.random.fork_rng():
+        torch.manual_seed(int(torch.randint(2**31 - 1, (), generator=g)))
+        theta = task.prior.sample((sims,))
+        return theta, task.simulator(theta)
+
+
 def main(argv=None) -> pd.DataFrame:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", default="two_moons,gaussian_linear,gaussian_mixture,slcp,bernoulli_glm")
@@ -127,11 +136,7 @@ def main(argv=None) -> pd.DataFrame:
             if not todo:
                 continue
             obs = obs or observations(task, args.observations, refs, args.n_samples, args.seed)
-            g = torch.Generator().manual_seed(args.seed + 1000 * ti + si)
-            with torch.random.fork_rng():
-                torch.manual_seed(int(torch.randint(2**31 - 1, (), generator=g)))
-                theta = task.prior.sample((sims,))
-                x = task.simulator(theta)
+            theta, x = simulations(task, ti, si, sims, args.seed)
             # alternate who goes first so slow drift in machine load does not favour one side
             order = todo if (ti + si) % 2 == 0 else todo[::-1]
             for method in order:

@@ -50,6 +50,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._atomic import save_atomic
+
 FORMAT = "flowvi"
 FORMAT_VERSION = 1
 KINDS = ("flow", "vi_result", "vae")
@@ -147,9 +149,7 @@ def _jsonable(obj):
 def _write(payload: dict, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)  # atomic: a crash leaves the old file or the new one, never half of one
+    save_atomic(payload, path)
     return path
 
 

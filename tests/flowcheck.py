@@ -3,7 +3,6 @@ its maths is checked against a computation that does not use the layer's own
 formula (autograd Jacobians, round trips, importance-sampling normalisation)."""
 from __future__ import annotations
 
-import math
 
 import torch
 

@@ -1,5 +1,4 @@
 """The documentation site builds cleanly, and every runnable script is documented."""
-import shutil
 import subprocess
 import sys
 from pathlib import Path

@@ -1,6 +1,5 @@
 """VAE with flow posteriors: shapes, IWAE against an exact likelihood, flow vs diagonal,
 input checks, the loader. Small generated data only."""
-import math
 
 import numpy as np
 import pytest

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from .. import flows
+from .._atomic import save_atomic
 from ._rng import generator, seeded
 from .embedding import make_embedding, output_features
 from .estimator import PosteriorEstimator
@@ -356,9 +357,7 @@ class NPE:
             "data": None if not include_data else dict(theta=self._theta, x=self._x, from_prior=self._from_prior,
                                                        split_key=self._split_key),
         }
-        tmp = f"{os.fspath(path)}.tmp"
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        save_atomic(payload, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "NPE":

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._atomic import save_atomic
+
 STORE_FORMAT = "flowvi.sbi.store"
 STORE_VERSION = 1
 
@@ -96,8 +98,7 @@ class SimulationStore:
         ``kept (m,)`` in the batch, the invalid rows' ``theta_invalid`` and a JSON ``record``."""
         name = f"batch_{index:06d}.pt"
         target = os.path.join(self.path, name)
-        torch.save({"theta": theta, "x": x, "index": kept, "theta_invalid": theta_invalid}, target + ".tmp")
-        os.replace(target + ".tmp", target)
+        save_atomic({"theta": theta, "x": x, "index": kept, "theta_invalid": theta_invalid}, target)
         m = self.manifest()
         m["batches"][str(int(index))] = dict(record, file=name)
         self._write_manifest()

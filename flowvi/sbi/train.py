@@ -11,12 +11,12 @@ import copy
 import dataclasses
 import os
 import time
-from typing import Any
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .._atomic import save_atomic
 from ._rng import generator
 from .estimator import PosteriorEstimator
 from .losses import atomic_loss, npe_loss
@@ -99,12 +99,6 @@ def _val_loss(est, data, val_idx, kind, num_atoms, combined, batch_size, seed) -
         return total / val_idx.numel()
     finally:
         est.train()
-
-
-def _save_atomic(obj: Any, path: str) -> None:
-    tmp = f"{path}.tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def train_estimator(
@@ -228,7 +222,7 @@ def train_estimator(
             bar.update(1)
             bar.set_postfix(train=f"{state['train_loss'][-1]:.3f}", val=f"{val:.3f}", best=f"{state['best_val']:.3f}")
             if ckpt:
-                _save_atomic(
+                save_atomic(
                     {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "loss": loss,
                      "fingerprint": fingerprint, "model": est.state_dict(), "best_model": best_state,
                      "optimizer": opt.state_dict(), "state": state, "generator": g.get_state()},

@@ -16,15 +16,10 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from .._atomic import save_atomic
 from .data import as_data_tensor
 
 _CKPT_VERSION = 1
-
-
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # atomic on POSIX: a crash leaves the old or the new file, never half of one
 
 
 @torch.no_grad()
@@ -176,7 +171,7 @@ def train(
                      "beta": beta, "seconds": seconds, "steps": step + 1 if complete else step,
                      "complete": complete})
         if path is not None:
-            _atomic_save({"version": _CKPT_VERSION, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            save_atomic({"version": _CKPT_VERSION, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "epoch": epoch + 1, "history": rows, "shuffle_rng": gen.get_state(),
                           "torch_rng": torch.get_rng_state(), "n_train": n}, path)
         if bar is not None:

@@ -10,7 +10,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..flows import Flow, StudentTBase, build
-from .guards import FitError, Plateau, Snapshot, explain_nonfinite, save_atomic
+from .._atomic import save_atomic
+from .guards import FitError, Plateau, Snapshot, explain_nonfinite
 from .init import advi_init, laplace_init
 from .objectives import elbo_step
 from .result import VIResult

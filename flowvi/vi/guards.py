@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import os
 
 import torch
 from torch import Tensor
@@ -95,8 +94,3 @@ class Snapshot:
             g["lr"] = lr
 
 
-def save_atomic(obj, path: str) -> None:
-    """torch.save to ``path`` through a temporary file, so a crash never leaves half a checkpoint."""
-    tmp = f"{path}.tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
