@@ -75,6 +75,34 @@ def test_time_budget_spent_at_an_epoch_boundary_keeps_whole_epochs(monkeypatch):
     assert list(h.epoch) == [1] and h.complete.all() and list(h.steps) == [6]
 
 
+class TwoClocks:
+    """Wall time racing ahead (another job on the machine), process time one tick per read."""
+
+    def __init__(self):
+        self.wall, self.cpu = FakeClock(100.0), FakeClock(1.0)
+
+    def perf_counter(self):
+        return self.wall.perf_counter()
+
+    def process_time(self):
+        return self.cpu.perf_counter()
+
+
+def test_process_clock_budgets_cpu_time_not_wall_time(monkeypatch):
+    T = importlib.import_module("flowvi.vae.train")
+
+    x = data()
+    monkeypatch.setattr(T, "time", TwoClocks())
+    # on the wall clock the budget is gone at the first check: nothing trains
+    assert V.train(make("planar"), x, epochs=1000, batch_size=16, time_budget=11.5, progress=False).empty
+    monkeypatch.setattr(T, "time", TwoClocks())
+    # on the process clock the same budget cuts epoch 2 at step 2, as the wall-clock test above does
+    h = V.train(make("planar"), x, epochs=1000, batch_size=16, time_budget=11.5, progress=False, clock="process")
+    assert list(h.epoch) == [1, 2] and list(h.steps) == [6, 2] and list(h.seconds) == [7.0, 4.0]
+    with pytest.raises(ValueError, match="clock must be"):
+        V.train(make("planar"), x, epochs=1, progress=False, clock="cpu")
+
+
 def test_free_bits_floor_stops_kl_gradient():
     m = make("iaf")
     x = data(8)
