@@ -31,6 +31,11 @@ RECIPES = {
     "plateau-short": dict(lr=1e-3, lr_patience=5, patience=10, batch_size=100),
     "batch200-plateau": dict(lr=1e-3, lr_patience=5, patience=20, batch_size=200),
 }
+# recipes that also change the estimator (NPE's arguments); the others use NPE's defaults
+ESTIMATORS = {
+    "constant-lu": dict(flow_kwargs=dict(permute="lu")),  # a learnt LU mixing map between the couplings
+}
+RECIPES["constant-lu"] = RECIPES["constant"]
 TASKS = ["two_moons", "gaussian_linear", "gaussian_mixture", "slcp", "bernoulli_glm"]
 SIMS = [1000, 10000]
 
@@ -49,7 +54,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     task = ftasks.get_task(args.task)
     theta, x = simulations(task, TASKS.index(args.task), SIMS.index(args.sims), args.sims, args.seed)
-    npe = fsbi.NPE(task.prior, "nsf", seed=args.seed).append_simulations(theta, x)
+    npe = fsbi.NPE(task.prior, "nsf", seed=args.seed, **ESTIMATORS.get(args.recipe, {})).append_simulations(theta, x)
     t0 = time.perf_counter()
     npe.train(show_progress=False, **RECIPES[args.recipe])
     seconds = time.perf_counter() - t0

@@ -119,6 +119,27 @@ def test_bad_input_is_reported(family):
         uncond(torch.randn(2))
 
 
+@pytest.mark.parametrize("family", ["nsf", "maf"])
+@pytest.mark.parametrize("context_dim", [0, 2])
+def test_lu_mixing_between_layers(family, context_dim):
+    from flowvi.flows.linear import LULinear, Permutation
+
+    torch.manual_seed(0)
+    flow = build(family, 2, layers=3, hidden=(16, 16), context_dim=context_dim, permute="lu")
+    kinds = [type(layer).__name__ for layer in flow.layers]
+    # one unconditional LU map between consecutive family layers; autoregressive ones are reversed first
+    assert kinds.count("LULinear") == 2 and all(l.context_dim == 0 for l in flow.layers if isinstance(l, LULinear))
+    assert kinds.count("Permutation") == (2 if family == "maf" else 0)
+    assert not any(isinstance(l, Permutation) for l in flow.layers if family == "nsf")
+    randomize(flow, 0.15, 0)
+    for layer in flow.layers:
+        check_logdet(layer)
+    ctx = torch.randn(2, context_dim) if context_dim else None
+    check_normalised(flow.double(), context=None if ctx is None else ctx.double())
+    with pytest.raises(ValueError, match="permute must be"):
+        build(family, 2, permute="shuffle")
+
+
 def test_unknown_family_lists_choices():
     with pytest.raises(ValueError, match="planar"):
         build("glow-ish", 2)

@@ -141,9 +141,12 @@ def build(
         hidden: hidden sizes of conditioner / hyper networks.
         context_dim: context size; 0 for an unconditional flow.
         base: base distribution module; standard normal by default.
-        permute: ``"reverse"``, ``"random"`` or ``None``: the permutation put
+        permute: ``"reverse"``, ``"random"``, ``"lu"`` or ``None``: the permutation put
             between autoregressive layers (coupling layers alternate masks, and
-            take a permutation only when it is ``"random"``).
+            take a permutation only when it is ``"random"``). ``"lu"`` puts a learnt,
+            unconditional ``LULinear`` (identity at the start) between layers, after a
+            reversal for autoregressive ones: it mixes coordinates, which alternating
+            masks alone cannot do in 2-D (sbi's NSF does the same).
         actnorm: put an ``ActNorm`` before each family layer (density training).
         final_affine: end with an ``ElementwiseAffine`` (learnable loc/scale; for VI
             it is what a cheap Gaussian fit initialises).
@@ -155,6 +158,8 @@ def build(
     """
     if int(dim) < 1:
         raise ValueError(f"dim must be a positive integer, got {dim!r}")
+    if permute not in ("reverse", "random", "lu", None):
+        raise ValueError(f"permute must be 'reverse', 'random', 'lu' or None, got {permute!r}")
     if isinstance(family, str):
         spec: list[str | FlowLayer] = [family] * int(layers)
     else:
@@ -170,10 +175,15 @@ def build(
         if actnorm:
             out.append(ActNorm(dim))
         out.append(factory(dim, i, context_dim, tuple(hidden), **family_kwargs))
-        wants = (mixing == "ar" and permute) or (mixing == "coupling" and permute == "random")
+        wants = (mixing == "ar" and permute) or (mixing == "coupling" and permute in ("random", "lu"))
         if wants and dim > 1 and i < len(spec) - 1:
-            out.append(Permutation(dim, permute, seed=seed))
-            seed += 1
+            if permute == "lu":
+                if mixing == "ar":
+                    out.append(Permutation(dim, "reverse"))
+                out.append(LULinear(dim))
+            else:
+                out.append(Permutation(dim, permute, seed=seed))
+                seed += 1
     if final_affine:
         out.append(ElementwiseAffine(dim, context_dim=context_dim, hidden=tuple(hidden)))
     return Flow(out, dim=dim, context_dim=context_dim, base=base)
