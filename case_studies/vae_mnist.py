@@ -55,10 +55,13 @@ def main(argv=None) -> pd.DataFrame:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--flow-lr-scale", type=float, default=0.1,
                     help="learning-rate factor of the flow layers (flowvi.vae.train's flow_lr_scale)")
+    ap.add_argument("--clip-grad", type=float, default=100.0, help="gradient-norm clip (<= 0: off)")
     ap.add_argument("--warmup-epochs", type=float, default=0.0, help="KL warm-up length (epochs)")
     ap.add_argument("--free-bits", type=float, default=0.0, help="nats per latent dim (floor on total KL)")
     ap.add_argument("--flow-hidden", default=None,
                     help="hidden sizes of the flows' conditioner/hyper networks, e.g. 64 or 100,100 (default: the VAE's)")
+    ap.add_argument("--shared-flow", action="store_true",
+                    help="flow layers shared by all datapoints (only the Gaussian head amortised), as Pyro's IAF-VAE")
     ap.add_argument("--sylvester-m", type=int, default=None,
                     help="columns of Q for orthogonal Sylvester (default z-dim; van den Berg et al. use 32 of 64)")
     ap.add_argument("--num-householder", type=int, default=None, help="reflections per Householder Sylvester layer")
@@ -95,6 +98,8 @@ def main(argv=None) -> pd.DataFrame:
             extra["m"] = args.sylvester_m
         if name == "householder" and args.num_householder:
             extra["num_householder"] = args.num_householder
+        if args.shared_flow and name != "diagonal":
+            extra["amortize_flow"] = False
         if args.flow_hidden is not None and name != "diagonal":
             extra["flow_hidden"] = tuple(int(h) for h in args.flow_hidden.split(",") if h)
         model = V.VAE(784, args.z_dim, family=LABELS[name], flow_layers=args.flow_layers, hidden=hidden, **extra)
@@ -110,7 +115,8 @@ def main(argv=None) -> pd.DataFrame:
         hist = V.train(model, data["train"], valid, epochs=args.max_epochs, batch_size=args.batch_size,
                        lr=args.lr, seed=args.seed, checkpoint=ckpt, progress=not args.no_progress,
                        time_budget=args.budget_seconds, warmup_epochs=args.warmup_epochs, free_bits=args.free_bits,
-                       flow_lr_scale=args.flow_lr_scale, clock=args.budget_clock)
+                       flow_lr_scale=args.flow_lr_scale, clock=args.budget_clock,
+                       clip_grad=args.clip_grad if args.clip_grad > 0 else None)
         t0 = time.perf_counter()
         neg_elbo = -V.evaluate_elbo(model, test_elbo, seed=args.seed)
         ll = model.log_likelihood(test_ll, k=args.k, batch=100, chunk=100, seed=args.seed)

@@ -34,7 +34,7 @@ def test_shapes_every_family(family):
     assert m.elbo(x[0]).shape == (1,)  # a single row is accepted
 
 
-def linear_gaussian_vae(W, b, s, family=None, encoder=None):
+def linear_gaussian_vae(W, b, s, family=None, encoder=None, **kw):
     x_dim, z_dim = W.shape
     net = nn.Linear(z_dim, x_dim)
     with torch.no_grad():
@@ -43,7 +43,7 @@ def linear_gaussian_vae(W, b, s, family=None, encoder=None):
     net.requires_grad_(False)  # the decoder is the known model; only q is fitted
     dec = V.GaussianDecoder(net, x_dim, scale=s)
     return V.VAE(x_dim, z_dim, family=family, flow_layers=2, hidden=(32,), decoder=dec, likelihood="gaussian",
-                 encoder=encoder)
+                 encoder=encoder, **kw)
 
 
 def exact_log_marginal(x, W, b, s):
@@ -104,26 +104,26 @@ def test_log_likelihood_chunking_and_seed():
 CORR_W = torch.tensor([[3.0, 3.0]])
 
 
-def fit_correlated(family):
+def fit_correlated(family, **kw):
     # x = 3 z1 + 3 z2 + noise: the posterior of (z1, z2) is strongly correlated, so the best
     # diagonal q loses 0.5 (sum log L_ii - log det L) = 0.83 nats, L = I + W^T W / s^2
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(256, 2, generator=g) @ CORR_W.T) + torch.randn(256, 1, generator=g)
     torch.manual_seed(0)
-    m = linear_gaussian_vae(CORR_W, torch.zeros(1), 1.0, family=family)
+    m = linear_gaussian_vae(CORR_W, torch.zeros(1), 1.0, family=family, **kw)
     V.train(m, x, epochs=80, batch_size=128, lr=1e-2, seed=0, progress=False)
-    return x, V.evaluate_elbo(m, x, n_samples=50, seed=1)
+    return x, V.evaluate_elbo(m, x, n_samples=50, seed=1), m
 
 
 @pytest.fixture(scope="module")
 def diagonal_fit():
-    return fit_correlated(None)
+    return fit_correlated(None)[:2]
 
 
 @pytest.mark.parametrize("family", ["iaf", "householder"])
 def test_flow_elbo_beats_diagonal_on_correlated_posterior(family, diagonal_fit):
     x, diag = diagonal_fit
-    _, flow = fit_correlated(family)
+    _, flow, _ = fit_correlated(family)
     L = torch.eye(2) + CORR_W.T @ CORR_W
     gap = 0.5 * (L.diagonal().log().sum() - torch.logdet(L))
     exact = exact_log_marginal(x.double(), CORR_W.double(), torch.zeros(1, dtype=torch.float64), 1.0).mean().item()
@@ -131,6 +131,15 @@ def test_flow_elbo_beats_diagonal_on_correlated_posterior(family, diagonal_fit):
     # measured (80 epochs): diagonal exact-0.89, iaf exact-0.1, householder exact-0.35
     assert flow >= diag + 0.4, (flow, diag, exact)
     assert flow <= exact + 0.05  # still a lower bound
+
+
+def test_shared_flow_layers_fit_a_posterior_shape_common_to_all_x(diagonal_fit):
+    # linear-Gaussian: the exact posterior covariance is the same for every x, so flow layers shared
+    # by all datapoints (amortize_flow=False; only the Gaussian head reads h(x)) can recover it
+    x, diag = diagonal_fit
+    _, shared, m = fit_correlated("iaf", amortize_flow=False)
+    assert m.flow.layers[0].context_dim > 0 and all(layer.context_dim == 0 for layer in m.flow.layers[1:])
+    assert shared >= diag + 0.4, (shared, diag)
 
 
 def test_bad_inputs_give_clear_errors():

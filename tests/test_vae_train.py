@@ -161,3 +161,27 @@ def test_flow_lr_scale_sets_the_flow_layers_learning_rate():
     assert len(param_groups(V.VAE(6, 2, family=None, hidden=(8,)), 1e-3, 0.1)) == 1
     with pytest.raises(ValueError, match="flow_lr_scale"):
         param_groups(m, 1e-3, 0.0)
+
+
+def test_mnist_case_study_runs_end_to_end_on_generated_data(tmp_path, monkeypatch):
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.syspath_prepend(str(root / "case_studies"))
+    import vae_mnist
+
+    g = np.random.default_rng(0)
+    arrays = {k: (g.random((n, 784)) < 0.2).astype(np.uint8) for k, n in (("train", 60), ("valid", 20), ("test", 30))}
+    np.savez(tmp_path / "mnist.npz", **arrays)
+    argv = ["--data", str(tmp_path / "mnist.npz"), "--out", str(tmp_path / "out"), "--families", "diagonal,planar",
+            "--hidden", "16", "--z-dim", "3", "--flow-layers", "2", "--max-epochs", "2", "--batch-size", "20",
+            "--k", "5", "--test-size", "10", "--valid-size", "10", "--shared-flow", "--budget-clock", "process",
+            "--flow-hidden", "", "--clip-grad", "0", "--no-progress", "--checkpoint-dir", str(tmp_path / "ck")]
+    table = vae_mnist.main(argv)
+    assert list(table.family) == ["diagonal", "planar"] and (table.epochs == 2).all()
+    assert np.isfinite(table.test_neg_elbo).all() and (tmp_path / "out" / "vae_mnist.csv").exists()
+    assert (tmp_path / "ck" / "vae_planar.pt").exists()
+    sys.modules.pop("vae_mnist", None)

@@ -55,6 +55,9 @@ class VAE(PyroVAEMixin, nn.Module):
             ``()`` (linear in h) for hypernetwork families and
             ``(4 z_dim, 4 z_dim)`` for IAF/coupling/spline families.
         decoder_scale: Gaussian likelihood only: a float fixes sigma, ``None`` learns it.
+        amortize_flow: ``True``: the flow layers read ``h(x)`` (conditioners / per-datapoint
+            parameters). ``False``: only the Gaussian head is amortised and the flow layers
+            are shared by every datapoint, as in Pyro's IAF-VAE example.
         **flow_kwargs: passed to each family layer (e.g. ``m=`` for orthogonal
             Sylvester, ``num_householder=``, ``bins=``).
 
@@ -73,6 +76,7 @@ class VAE(PyroVAEMixin, nn.Module):
         decoder: nn.Module | None = None,
         flow_hidden: Sequence[int] | None = None,
         decoder_scale: float | None = None,
+        amortize_flow: bool = True,
         **flow_kwargs,
     ):
         super().__init__()
@@ -104,8 +108,12 @@ class VAE(PyroVAEMixin, nn.Module):
         else:
             if flow_hidden is None:
                 flow_hidden = () if self.family in HYPERNET_FAMILIES else (4 * self.z_dim, 4 * self.z_dim)
-            self.flow = build([head] + [self.family] * self.flow_layers, self.z_dim,
-                              hidden=tuple(flow_hidden), context_dim=self.h_dim, **flow_kwargs)
+            if amortize_flow:
+                self.flow = build([head] + [self.family] * self.flow_layers, self.z_dim,
+                                  hidden=tuple(flow_hidden), context_dim=self.h_dim, **flow_kwargs)
+            else:
+                shared = build(self.family, self.z_dim, layers=self.flow_layers, hidden=tuple(flow_hidden), **flow_kwargs)
+                self.flow = Flow([head, *shared.layers], dim=self.z_dim, context_dim=self.h_dim)
         self.register_buffer("_zero", torch.zeros(()))
 
     # -- pieces ---------------------------------------------------------------------
@@ -167,4 +175,5 @@ class VAE(PyroVAEMixin, nn.Module):
         return self.decoder.mean(z) if mean else self.decoder.distribution(z).sample()
 
     def extra_repr(self) -> str:
-        return f"x_dim={self.x_dim}, z_dim={self.z_dim}, family={self.family}, flow_layers={self.flow_layers}, likelihood={self.likelihood}"
+        return (f"x_dim={self.x_dim}, z_dim={self.z_dim}, family={self.family}, flow_layers={self.flow_layers}, "
+                f"likelihood={self.likelihood}")
