@@ -55,6 +55,8 @@ def main(argv=None) -> pd.DataFrame:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--flow-lr-scale", type=float, default=0.1,
                     help="learning-rate factor of the flow layers (flowvi.vae.train's flow_lr_scale)")
+    ap.add_argument("--patience", type=int, default=None,
+                    help="early stopping on the validation -ELBO (epochs without improvement); the best epoch's weights are kept")
     ap.add_argument("--clip-grad", type=float, default=100.0, help="gradient-norm clip (<= 0: off)")
     ap.add_argument("--warmup-epochs", type=float, default=0.0, help="KL warm-up length (epochs)")
     ap.add_argument("--free-bits", type=float, default=0.0, help="nats per latent dim (floor on total KL)")
@@ -116,7 +118,8 @@ def main(argv=None) -> pd.DataFrame:
                        lr=args.lr, seed=args.seed, checkpoint=ckpt, progress=not args.no_progress,
                        time_budget=args.budget_seconds, warmup_epochs=args.warmup_epochs, free_bits=args.free_bits,
                        flow_lr_scale=args.flow_lr_scale, clock=args.budget_clock,
-                       clip_grad=args.clip_grad if args.clip_grad > 0 else None)
+                       clip_grad=args.clip_grad if args.clip_grad > 0 else None,
+                       patience=args.patience, keep_best=args.patience is not None)
         t0 = time.perf_counter()
         neg_elbo = -V.evaluate_elbo(model, test_elbo, seed=args.seed)
         ll = model.log_likelihood(test_ll, k=args.k, batch=100, chunk=100, seed=args.seed)

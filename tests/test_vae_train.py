@@ -185,3 +185,23 @@ def test_mnist_case_study_runs_end_to_end_on_generated_data(tmp_path, monkeypatc
     assert np.isfinite(table.test_neg_elbo).all() and (tmp_path / "out" / "vae_mnist.csv").exists()
     assert (tmp_path / "ck" / "vae_planar.pt").exists()
     sys.modules.pop("vae_mnist", None)
+
+
+def test_patience_stops_and_keep_best_restores_the_best_validation_epoch(tmp_path):
+    # a tiny training set with a separate validation set: the model overfits, the validation
+    # -ELBO turns up, and early stopping must see it
+    x, xv = data(24, seed=0), data(48, seed=1)
+    m = make("planar")
+    h = V.train(m, x, xv, epochs=400, batch_size=8, lr=1e-2, seed=0, progress=False, patience=5, keep_best=True,
+                checkpoint=tmp_path / "es.pt")
+    best = int(h.valid_neg_elbo.idxmin())
+    assert len(h) < 400 and len(h) - 1 - best == 5  # stopped exactly 5 epochs after the best one
+    assert h.valid_neg_elbo.iloc[-1] > h.valid_neg_elbo.iloc[best]
+    # the weights are the best epoch's: re-evaluating gives its validation -ELBO (same seeded noise)
+    assert abs(-V.evaluate_elbo(m, xv, batch_size=500) - h.valid_neg_elbo.iloc[best]) < 1e-4
+    # a resume of the stopped run trains nothing more
+    again = V.train(make("planar"), x, xv, epochs=400, batch_size=8, lr=1e-2, seed=0, progress=False, patience=5,
+                    checkpoint=tmp_path / "es.pt")
+    assert len(again) == len(h)
+    with pytest.raises(ValueError, match="valid_data"):
+        V.train(make("planar"), x, epochs=2, progress=False, patience=3)

@@ -73,6 +73,8 @@ def train(
     valid_batch_size: int = 500,
     flow_lr_scale: float = 1.0,
     clock: str = "wall",
+    patience: int | None = None,
+    keep_best: bool = False,
 ) -> pd.DataFrame:
     """Train ``model`` by Adam on the (annealed, free-bits) negative ELBO.
 
@@ -99,6 +101,12 @@ def train(
         clock: what ``time_budget`` and the ``seconds`` column count: ``"wall"`` (elapsed time) or
             ``"process"`` (this process's CPU time, all its threads). With one torch thread the two agree on
             an idle machine; ``"process"`` keeps equal-budget comparisons fair when other jobs share the CPU.
+        patience: early stopping: stop after this many epochs in a row without a better
+            validation -ELBO (needs ``valid_data``). A static binarisation overfits: on MNIST the
+            diagonal VAE's validation -ELBO stops falling after about 70 epochs while its
+            training -ELBO goes on falling.
+        keep_best: at the end, load the weights of the epoch with the best validation -ELBO
+            (needs ``valid_data``; kept in the checkpoint, so it survives a resume).
 
     Returns:
         DataFrame, one row per epoch: ``epoch``, ``train_neg_elbo`` (running mean of
@@ -115,6 +123,10 @@ def train(
     if clock not in ("wall", "process"):
         raise ValueError(f"clock must be 'wall' or 'process', got {clock!r}")
     now = time.perf_counter if clock == "wall" else time.process_time
+    if (patience is not None or keep_best) and valid_x is None:
+        raise ValueError("patience and keep_best compare validation -ELBOs: pass valid_data")
+    if patience is not None and int(patience) < 1:
+        raise ValueError(f"patience must be >= 1 epoch, got {patience!r}")
     n = train_x.shape[0]
     steps_per_epoch = math.ceil(n / int(batch_size))
 
@@ -123,6 +135,7 @@ def train(
     torch.manual_seed(int(seed))
     rows: list[dict] = []
     start_epoch = 0
+    best = {"valid": float("inf"), "epoch": 0, "state": None}  # best validation -ELBO so far
     path = Path(checkpoint) if checkpoint is not None else None
     if path is not None and path.exists():
         state = torch.load(path, weights_only=False)
@@ -133,10 +146,13 @@ def train(
         gen.set_state(state["shuffle_rng"])
         torch.set_rng_state(state["torch_rng"])
         rows = state["history"]
+        best = state.get("best", best)
         start_epoch = int(state["epoch"])
         if state.get("n_train") != n:
             raise ValueError(f"checkpoint {path} was trained on {state.get('n_train')} rows, this call has {n}")
 
+    if patience is not None and start_epoch - best["epoch"] >= int(patience):
+        epochs = start_epoch  # the checkpointed run had already stopped early: a resume adds nothing
     t_start = now()
     bar = None
     if progress and start_epoch < epochs:
@@ -174,18 +190,23 @@ def train(
         seconds = now() - t0
         valid = evaluate_elbo(model, valid_x, valid_batch_size) if valid_x is not None else float("nan")
         model.train()
+        if valid_x is not None and -valid < best["valid"]:
+            best = {"valid": -valid, "epoch": epoch + 1,
+                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()} if keep_best else None}
         rows.append({"epoch": epoch + 1, "train_neg_elbo": -total / seen, "valid_neg_elbo": -valid,
                      "beta": beta, "seconds": seconds, "steps": step + 1 if complete else step,
                      "complete": complete})
         if path is not None:
             save_atomic({"version": _CKPT_VERSION, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "epoch": epoch + 1, "history": rows, "shuffle_rng": gen.get_state(),
-                          "torch_rng": torch.get_rng_state(), "n_train": n}, path)
+                          "torch_rng": torch.get_rng_state(), "n_train": n, "best": best}, path)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(train=f"{-total / seen:.2f}", valid=f"{-valid:.2f}")
-        if out_of_time:
+        if out_of_time or (patience is not None and epoch + 1 - best["epoch"] >= int(patience)):
             break
     if bar is not None:
         bar.close()
+    if keep_best and best["state"] is not None:
+        model.load_state_dict(best["state"])
     return pd.DataFrame(rows, columns=["epoch", "train_neg_elbo", "valid_neg_elbo", "beta", "seconds", "steps", "complete"])
