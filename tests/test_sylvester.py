@@ -253,3 +253,24 @@ def test_vi_fit_leaves_the_gaussian_on_the_banana(kind):
         x, log_q = res.flow.rsample_and_log_prob((20000,))
         kl = float((log_q - target.log_prob(x)).mean()) + float(target.log_z)
     assert kl < 0.4, kl
+
+
+def test_r_by_gather_matches_the_triangle_and_old_pickles_still_load():
+    import pickle
+
+    torch.manual_seed(0)
+    layer = Sylvester(4, kind="orthogonal", m=3, context_dim=2)
+    strict, diag = torch.randn(5, 3), torch.randn(5, 3)
+    R = layer._upper(strict, diag)
+    iu = torch.triu_indices(3, 3, 1)
+    expected = torch.diag_embed(torch.tanh(diag))
+    expected[:, iu[0], iu[1]] = strict
+    assert torch.equal(R, expected)
+    # an object pickled before the gather existed (flowvi.io stores pickled architectures)
+    old = pickle.loads(pickle.dumps(layer))
+    del old._buffers["gather_idx"]
+    old.register_buffer("upper_idx", iu, persistent=False)
+    revived = pickle.loads(pickle.dumps(old))
+    assert "upper_idx" not in revived._buffers
+    z, c = torch.randn(5, 4), torch.randn(5, 2)
+    torch.testing.assert_close(revived.forward_and_log_det(z, c), layer.forward_and_log_det(z, c))
