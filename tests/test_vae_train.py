@@ -205,3 +205,17 @@ def test_patience_stops_and_keep_best_restores_the_best_validation_epoch(tmp_pat
     assert len(again) == len(h)
     with pytest.raises(ValueError, match="valid_data"):
         V.train(make("planar"), x, epochs=2, progress=False, patience=3)
+
+
+def test_patience_on_a_checkpoint_written_before_early_stopping_existed(tmp_path):
+    x, xv = data(), data(32, seed=1)
+    ck = tmp_path / "old.pt"
+    V.train(make(), x, xv, epochs=3, batch_size=32, seed=0, checkpoint=ck, progress=False)
+    state = torch.load(ck, weights_only=False)
+    del state["best"]  # what older flowvi versions wrote
+    torch.save(state, ck)
+    valid = [r["valid_neg_elbo"] for r in state["history"]]
+    assert valid[2] == min(valid)  # still improving at epoch 3
+    # the best epoch (3) comes from the history, so patience 2 keeps training instead of stopping at once
+    h = V.train(make(), x, xv, epochs=5, batch_size=32, seed=0, checkpoint=ck, progress=False, patience=2)
+    assert list(h.epoch) == [1, 2, 3, 4, 5]

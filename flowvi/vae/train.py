@@ -146,7 +146,13 @@ def train(
         gen.set_state(state["shuffle_rng"])
         torch.set_rng_state(state["torch_rng"])
         rows = state["history"]
-        best = state.get("best", best)
+        if "best" in state:
+            best = state["best"]
+        else:  # a checkpoint from before early stopping: the best epoch from its history (weights not kept)
+            scored = [r for r in rows if r["valid_neg_elbo"] == r["valid_neg_elbo"]]
+            if scored:
+                top = min(scored, key=lambda r: r["valid_neg_elbo"])
+                best = {"valid": top["valid_neg_elbo"], "epoch": top["epoch"], "state": None}
         start_epoch = int(state["epoch"])
         if state.get("n_train") != n:
             raise ValueError(f"checkpoint {path} was trained on {state.get('n_train')} rows, this call has {n}")
