@@ -212,7 +212,7 @@ def test_patience_on_a_checkpoint_written_before_early_stopping_existed(tmp_path
     ck = tmp_path / "old.pt"
     V.train(make(), x, xv, epochs=3, batch_size=32, seed=0, checkpoint=ck, progress=False)
     state = torch.load(ck, weights_only=False)
-    del state["best"]  # what older flowvi versions wrote
+    del state["best_state"]  # what older flowvi versions wrote
     torch.save(state, ck)
     valid = [r["valid_neg_elbo"] for r in state["history"]]
     assert valid[2] == min(valid)  # still improving at epoch 3

@@ -135,7 +135,7 @@ def train(
     torch.manual_seed(int(seed))
     rows: list[dict] = []
     start_epoch = 0
-    best = {"valid": float("inf"), "epoch": 0, "state": None}  # best validation -ELBO so far
+    best_state = None  # weights of the best validation epoch (keep_best)
     path = Path(checkpoint) if checkpoint is not None else None
     if path is not None and path.exists():
         state = torch.load(path, weights_only=False)
@@ -146,18 +146,15 @@ def train(
         gen.set_state(state["shuffle_rng"])
         torch.set_rng_state(state["torch_rng"])
         rows = state["history"]
-        if "best" in state:
-            best = state["best"]
-        else:  # a checkpoint from before early stopping: the best epoch from its history (weights not kept)
-            scored = [r for r in rows if r["valid_neg_elbo"] == r["valid_neg_elbo"]]
-            if scored:
-                top = min(scored, key=lambda r: r["valid_neg_elbo"])
-                best = {"valid": top["valid_neg_elbo"], "epoch": top["epoch"], "state": None}
+        best_state = state.get("best_state")
         start_epoch = int(state["epoch"])
         if state.get("n_train") != n:
             raise ValueError(f"checkpoint {path} was trained on {state.get('n_train')} rows, this call has {n}")
 
-    if patience is not None and start_epoch - best["epoch"] >= int(patience):
+    # the best epoch so far is the history's (first) lowest validation -ELBO; only its weights need keeping
+    best_valid, best_epoch = min(((r["valid_neg_elbo"], r["epoch"]) for r in rows
+                                  if not math.isnan(r["valid_neg_elbo"])), default=(math.inf, 0))
+    if patience is not None and start_epoch - best_epoch >= int(patience):
         epochs = start_epoch  # the checkpointed run had already stopped early: a resume adds nothing
     t_start = now()
     bar = None
@@ -196,23 +193,24 @@ def train(
         seconds = now() - t0
         valid = evaluate_elbo(model, valid_x, valid_batch_size) if valid_x is not None else float("nan")
         model.train()
-        if valid_x is not None and -valid < best["valid"]:
-            best = {"valid": -valid, "epoch": epoch + 1,
-                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()} if keep_best else None}
+        if valid_x is not None and -valid < best_valid:
+            best_valid, best_epoch = -valid, epoch + 1
+            if keep_best:
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         rows.append({"epoch": epoch + 1, "train_neg_elbo": -total / seen, "valid_neg_elbo": -valid,
                      "beta": beta, "seconds": seconds, "steps": step + 1 if complete else step,
                      "complete": complete})
         if path is not None:
             save_atomic({"version": _CKPT_VERSION, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "epoch": epoch + 1, "history": rows, "shuffle_rng": gen.get_state(),
-                          "torch_rng": torch.get_rng_state(), "n_train": n, "best": best}, path)
+                          "torch_rng": torch.get_rng_state(), "n_train": n, "best_state": best_state}, path)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(train=f"{-total / seen:.2f}", valid=f"{-valid:.2f}")
-        if out_of_time or (patience is not None and epoch + 1 - best["epoch"] >= int(patience)):
+        if out_of_time or (patience is not None and epoch + 1 - best_epoch >= int(patience)):
             break
     if bar is not None:
         bar.close()
-    if keep_best and best["state"] is not None:
-        model.load_state_dict(best["state"])
+    if keep_best and best_state is not None:
+        model.load_state_dict(best_state)
     return pd.DataFrame(rows, columns=["epoch", "train_neg_elbo", "valid_neg_elbo", "beta", "seconds", "steps", "complete"])
