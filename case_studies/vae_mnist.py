@@ -46,6 +46,8 @@ def main(argv=None) -> pd.DataFrame:
                     help=f"comma list from {','.join(LABELS)}")
     ap.add_argument("--z-dim", type=int, default=50)
     ap.add_argument("--hidden", default="300,300", help="encoder hidden sizes (decoder mirrors them)")
+    ap.add_argument("--gated", action="store_true",
+                    help="gated units (flowvi.vae.GatedLinear) in the encoder/decoder MLPs instead of softplus layers")
     ap.add_argument("--flow-layers", type=int, default=4)
     ap.add_argument("--budget-seconds", type=float, default=600.0, help="training wall-clock per family")
     ap.add_argument("--budget-clock", choices=("wall", "process"), default="wall",
@@ -66,6 +68,8 @@ def main(argv=None) -> pd.DataFrame:
                     help="flow layers shared by all datapoints (only the Gaussian head amortised), as Pyro's IAF-VAE")
     ap.add_argument("--sylvester-m", type=int, default=None,
                     help="columns of Q for orthogonal Sylvester (default z-dim; van den Berg et al. use 32 of 64)")
+    ap.add_argument("--sylvester-ortho", choices=("bjorck", "qr"), default="bjorck",
+                    help="how orthogonal Sylvester makes Q orthonormal (flowvi.flows.Sylvester's ortho=; qr is cheaper per point)")
     ap.add_argument("--num-householder", type=int, default=None, help="reflections per Householder Sylvester layer")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--k", type=int, default=1000, help="importance samples for the IWAE log-likelihood")
@@ -98,13 +102,16 @@ def main(argv=None) -> pd.DataFrame:
         extra = {}
         if name == "sylvester" and args.sylvester_m:
             extra["m"] = args.sylvester_m
+        if name == "sylvester" and args.sylvester_ortho != "bjorck":
+            extra["ortho"] = args.sylvester_ortho
         if name == "householder" and args.num_householder:
             extra["num_householder"] = args.num_householder
         if args.shared_flow and name != "diagonal":
             extra["amortize_flow"] = False
         if args.flow_hidden is not None and name != "diagonal":
             extra["flow_hidden"] = tuple(int(h) for h in args.flow_hidden.split(",") if h)
-        model = V.VAE(784, args.z_dim, family=LABELS[name], flow_layers=args.flow_layers, hidden=hidden, **extra)
+        model = V.VAE(784, args.z_dim, family=LABELS[name], flow_layers=args.flow_layers, hidden=hidden,
+                      gated=args.gated, **extra)
         ckpt = Path(args.checkpoint_dir) / f"vae_{name}.pt" if args.checkpoint_dir else None
         if ckpt is not None:
             ckpt.parent.mkdir(parents=True, exist_ok=True)

@@ -28,17 +28,22 @@ def cross_entropy(post):
 
 def test_two_rounds_beat_one_round_at_equal_simulations():
     # a conditional Gaussian family ("affine") so the comparison is about the sequential
-    # algorithm, not the flow. 800 simulations either way; measured over seeds 0-5: two
-    # rounds better by 0.62-3.6 nats in every seed, at this constant step (lr_patience=None; with
-    # lr=1e-3, lr_patience=5 on seed 0: one round 2.48, two rounds -4.89)
+    # algorithm, not the flow. 800 simulations either way. Training on 400-800 rows at this
+    # step is chaotic: a change in the optimiser's rounding alone (fused against foreach Adam)
+    # moved seed 2's margin from +0.73 to -1.03 nats. So the claim is tested over seeds 0-5:
+    # margins measured +0.29..+1.95 (one seed -1.03) with fused Adam, +0.62..+3.6 with foreach.
     kw = dict(hidden=(32, 32), layers=1, embedding_net=None, final_affine=False)
     train = dict(lr=5e-3, lr_patience=None, batch_size=100, max_epochs=300, patience=20)
-    one = sbi.SNPE(PRIOR, narrow, "affine", **kw).run(X_O, rounds=1, simulations_per_round=800, seed=0, train_kwargs=train)
-    snpe = sbi.SNPE(PRIOR, narrow, "affine", **kw)
-    two = snpe.run(X_O, rounds=2, simulations_per_round=400, seed=0, train_kwargs=train)
     optimum = float(-torch.distributions.Normal(X_O, SIGMA).log_prob(exact_draws()).sum(-1).mean())
-    ce1, ce2 = cross_entropy(one), cross_entropy(two)
-    assert ce2 < ce1 - 0.3, (ce1, ce2, optimum)
+    margins = []
+    for seed in range(6):
+        one = sbi.SNPE(PRIOR, narrow, "affine", **kw).run(X_O, rounds=1, simulations_per_round=800, seed=seed,
+                                                           train_kwargs=train)
+        snpe = sbi.SNPE(PRIOR, narrow, "affine", **kw)
+        two = snpe.run(X_O, rounds=2, simulations_per_round=400, seed=seed, train_kwargs=train)
+        margins.append(cross_entropy(one) - cross_entropy(two))
+        assert cross_entropy(two) > optimum - 0.5  # no estimate beats the exact posterior by more than noise
+    assert sum(m > 0 for m in margins) >= 5 and sum(margins) / 6 > 0.4, margins
     assert [h.loss for h in snpe.npe.history] == ["npe", "atomic"]
     assert [r["from_prior"] for r in snpe.npe.rounds] == [True, False]
     # the second round simulated near x_o: its parameters are far more concentrated

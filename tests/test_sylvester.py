@@ -17,11 +17,12 @@ F64 = torch.float64
 KINDS = [
     dict(kind="orthogonal"),
     dict(kind="orthogonal", m=2),
+    dict(kind="orthogonal", m=3, ortho="qr"),
     dict(kind="householder"),
     dict(kind="triangular"),
     dict(kind="triangular", flip=True),
 ]
-IDS = ["orthogonal", "orthogonal-m2", "householder", "triangular", "triangular-flip"]
+IDS = ["orthogonal", "orthogonal-m2", "orthogonal-qr-m3", "householder", "triangular", "triangular-flip"]
 
 
 def set_raw(layer, scale, seed):
@@ -166,7 +167,9 @@ def test_conditional_maps_follow_the_context(spec):
     x, ladj = layer.forward_and_log_det(z, ctx)
     assert x.shape == (6, 3, 4) and ladj.shape == (6, 3)
     assert not torch.allclose(x[:, 0], x[:, 1])
-    assert torch.equal(x[:, 0], x[:, 2]) and torch.equal(ladj[:, 0], ladj[:, 2])
+    # equal contexts, equal maps (to rounding: LAPACK's QR may differ in the last bit between batch rows)
+    torch.testing.assert_close(x[:, 0], x[:, 2], atol=1e-12, rtol=0)
+    torch.testing.assert_close(ladj[:, 0], ladj[:, 2], atol=1e-12, rtol=0)
     for j in range(3):
         xj, lj = layer.forward_and_log_det(z[:, j], ctx[j])
         torch.testing.assert_close(xj, x[:, j], atol=1e-12, rtol=0)
@@ -228,6 +231,8 @@ def test_arguments_are_checked_and_costs_declared():
         Sylvester(3, m=4)
     with pytest.raises(ValueError, match="orthogonal"):
         Sylvester(3, kind="householder", m=2)
+    with pytest.raises(ValueError, match="ortho must be"):
+        Sylvester(3, ortho="gram-schmidt")
     assert Sylvester(5).m == 5 and Sylvester(5, kind="householder").num_householder == 5
     assert Sylvester(12, kind="householder").num_householder == 8
     assert (Sylvester.inverse_kind, Sylvester.cheap_direction) == ("numerical", "sample")
@@ -270,7 +275,26 @@ def test_r_by_gather_matches_the_triangle_and_old_pickles_still_load():
     old = pickle.loads(pickle.dumps(layer))
     del old._buffers["gather_idx"]
     old.register_buffer("upper_idx", iu, persistent=False)
+    del old.__dict__["ortho"]  # and before ortho= existed: the iteration was the only method
     revived = pickle.loads(pickle.dumps(old))
-    assert "upper_idx" not in revived._buffers
+    assert "upper_idx" not in revived._buffers and revived.ortho == "bjorck"
     z, c = torch.randn(5, 4), torch.randn(5, 2)
     torch.testing.assert_close(revived.forward_and_log_det(z, c), layer.forward_and_log_det(z, c))
+
+
+def test_qr_and_bjorck_give_the_same_span_and_qr_keeps_gram_schmidt_order():
+    """Both make the raw matrix orthonormal without changing its column space; QR's first
+    column is the raw first column normalised (up to sign), the polar factor's is not."""
+    torch.manual_seed(0)
+    raw = torch.randn(7, 6, 3, dtype=F64)
+    qr = Sylvester(6, m=3, context_dim=2, ortho="qr").double()
+    Q_qr, Q_bj = torch.linalg.qr(raw)[0], orthogonalize(raw)
+    proj = lambda Q: Q @ Q.transpose(-1, -2)  # noqa: E731
+    torch.testing.assert_close(proj(Q_qr), proj(Q_bj))
+    first = raw[..., 0] / raw[..., 0].norm(dim=-1, keepdim=True)
+    torch.testing.assert_close((Q_qr[..., 0] * first).sum(-1).abs(), torch.ones(7, dtype=F64))
+    assert ((Q_bj[..., 0] * first).sum(-1).abs() < 1 - 1e-3).all()
+    # and the layer uses QR: its Q for a context is the QR factor of the hypernetwork's raw Q
+    ctx = torch.randn(7, 2, dtype=F64)
+    raw_q = dict(zip(qr.params.names, qr.params(ctx)))["Q"]
+    torch.testing.assert_close(qr.factors(ctx)[0], torch.linalg.qr(raw_q)[0])

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import FlowLayer, soft_clamp
+from .base import FlowLayer, broadcast_shapes, soft_clamp
 from .made import MADE, MaskedLinear
 
 # step(v_i, params_i) -> (u_i, log-scale_i), over the flattened batch:
@@ -80,7 +80,7 @@ class SequentialPlan(nn.Module):
         log-scales ``(*B)``, ``B`` = broadcast of ``batch`` with the context's."""
         dim, ppd, L = self.dim, self.ppd, self.n_hidden
         W, b, acts = self._weights(made)
-        batch = torch.broadcast_shapes(v.shape[:-1], context.shape[:-1]) if made.context_dim else v.shape[:-1]
+        batch = broadcast_shapes(v.shape[:-1], context.shape[:-1]) if made.context_dim else v.shape[:-1]
         # Work unit-major, (units, N): a step's prefix of units is then a contiguous block.
         vt = v.expand(*batch, dim).reshape(-1, dim).t().contiguous()
         n_points = vt.shape[1]

@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import FlowLayer, soft_clamp
+from .base import FlowLayer, broadcast_shapes, soft_clamp
 from .params import mlp
 
 
@@ -36,7 +36,7 @@ class CouplingMask(nn.Module):
         return v[..., 1 - self.parity :: 2], v[..., self.parity :: 2]
 
     def merge(self, kept: Tensor, moved: Tensor) -> Tensor:
-        batch = torch.broadcast_shapes(kept.shape[:-1], moved.shape[:-1])
+        batch = broadcast_shapes(kept.shape[:-1], moved.shape[:-1])
         kept, moved = kept.expand(*batch, self.n_kept), moved.expand(*batch, self.n_moved)
         if self.n_kept == 0:
             return moved
@@ -56,7 +56,7 @@ def conditioner_input(kept: Tensor, context: Tensor | None) -> Tensor:
     """The untouched half with the context appended, broadcast to one batch shape."""
     if context is None:
         return kept
-    batch = torch.broadcast_shapes(kept.shape[:-1], context.shape[:-1])
+    batch = broadcast_shapes(kept.shape[:-1], context.shape[:-1])
     return torch.cat([kept.expand(*batch, kept.shape[-1]), context.expand(*batch, context.shape[-1])], -1)
 
 

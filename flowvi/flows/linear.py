@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import FlowLayer, soft_clamp
+from .base import FlowLayer, broadcast_shapes, soft_clamp
 from .params import ParamNet
 
 
@@ -40,12 +40,12 @@ class ElementwiseAffine(FlowLayer):
     def forward_and_log_det(self, z, context=None):
         self._check(z, context)
         loc, s = self._loc_logscale(context)
-        return loc + z * s.exp(), s.sum(-1).expand(torch.broadcast_shapes(z.shape, s.shape)[:-1])
+        return loc + z * s.exp(), s.sum(-1).expand(broadcast_shapes(z.shape, s.shape)[:-1])
 
     def inverse_and_log_det(self, x, context=None):
         self._check(x, context)
         loc, s = self._loc_logscale(context)
-        return (x - loc) * (-s).exp(), s.sum(-1).expand(torch.broadcast_shapes(x.shape, s.shape)[:-1])
+        return (x - loc) * (-s).exp(), s.sum(-1).expand(broadcast_shapes(x.shape, s.shape)[:-1])
 
 
 class Permutation(FlowLayer):
@@ -117,7 +117,7 @@ class LULinear(FlowLayer):
         self._check(x, context)
         L, U, log_diag, bias = self._factors(context)
         r = (x - bias).unsqueeze(-1)
-        shape = torch.broadcast_shapes(r.shape[:-2], L.shape[:-2])
+        shape = broadcast_shapes(r.shape[:-2], L.shape[:-2])
         r = r.expand(*shape, self.dim, 1)
         L, U = L.expand(*shape, self.dim, self.dim), U.expand(*shape, self.dim, self.dim)
         y = torch.linalg.solve_triangular(L, r, upper=False, unitriangular=True)

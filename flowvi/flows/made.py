@@ -13,6 +13,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .base import broadcast_shapes
+
 
 class MaskedLinear(nn.Linear):
     """``nn.Linear`` whose weight is multiplied by a fixed 0/1 mask."""
@@ -79,7 +81,7 @@ class MADE(nn.Module):
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         if self.context_dim:
-            batch = torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
+            batch = broadcast_shapes(x.shape[:-1], context.shape[:-1])
             x = torch.cat([x.expand(*batch, self.dim), context.expand(*batch, self.context_dim)], dim=-1)
         out = self.net(x)
         return out.unflatten(-1, (self.params_per_dim, self.dim))

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .autoregressive import SequentialPlan
-from .base import FlowLayer, inverse_softplus
+from .base import FlowLayer, broadcast_shapes, inverse_softplus
 from .coupling import CouplingMask, conditioner_input
 from .made import MADE
 from .params import mlp
@@ -92,7 +92,7 @@ def rq_spline(x: Tensor, params: Tensor, bound: float, inverse: bool = False, pa
     if 3 * K - 1 != params.shape[ax] or K < 1:
         raise ValueError(f"spline parameters must number 3K-1 along dim {ax}, got {params.shape[ax]}")
     bound = float(bound)
-    shape = torch.broadcast_shapes(x.shape, params.select(ax, 0).shape)
+    shape = broadcast_shapes(x.shape, params.select(ax, 0).shape)
     if K == 1:  # one bin with unit end slopes is the identity
         return x.expand(shape), x.new_zeros(shape)
     knots, deriv = _interior_knots(params, K, bound, ax)  # on the parameters' own batch only
@@ -111,8 +111,10 @@ def rq_spline(x: Tensor, params: Tensor, bound: float, inverse: bool = False, pa
     (x0, x1), (y0, y1) = (r.unbind(ax) for r in gk.unbind(ax - 1))
     d0, d1 = gd.unbind(ax)
     first, last = (idx == 0).squeeze(ax), (idx == K - 1).squeeze(ax)
-    x0, y0, d0 = torch.where(first, -bound, x0), torch.where(first, -bound, y0), torch.where(first, 1.0, d0)
-    x1, y1, d1 = torch.where(last, bound, x1), torch.where(last, bound, y1), torch.where(last, 1.0, d1)
+    # masked_fill, not where(mask, scalar, t): the scalar would become a tensor and be
+    # type-promoted, forward and backward (3 extra ops per call on a hot path)
+    x0, y0, d0 = x0.masked_fill(first, -bound), y0.masked_fill(first, -bound), d0.masked_fill(first, 1.0)
+    x1, y1, d1 = x1.masked_fill(last, bound), y1.masked_fill(last, bound), d1.masked_fill(last, 1.0)
     xc = xc.squeeze(ax)
     w, h = x1 - x0, y1 - y0
     s = h / w
@@ -143,7 +145,7 @@ def rq_spline(x: Tensor, params: Tensor, bound: float, inverse: bool = False, pa
     r = s / den  # squared after dividing: den^2 alone can overflow float32
     deriv = r * r * (d1 * xi * xi + 2 * s * q + d0 * one_m * one_m)
     inside = inside.squeeze(ax)
-    return torch.where(inside, out, x), torch.where(inside, deriv.log(), 0.0)
+    return torch.where(inside, out, x), deriv.log().masked_fill(~inside, 0.0)
 
 
 class SplineCoupling(FlowLayer):

@@ -6,7 +6,9 @@ the map is invertible, with ``log|det J| = sum_i log(1 + r_ii r~_ii tanh'(.)_i)`
 Three ways to make Q:
 
 * ``"orthogonal"``: a free ``dim x M`` matrix made orthonormal by the iteration
-  ``Q <- Q (I + (I - Q^T Q) / 2)`` (``orthogonalize``);
+  ``Q <- Q (I + (I - Q^T Q) / 2)`` (``orthogonalize``, the paper's choice), or by a
+  QR decomposition (``ortho="qr"``: one LAPACK call, 4-5x cheaper forward +
+  backward when every data point has its own Q);
 * ``"householder"``: a product of ``num_householder`` reflections (M = dim);
 * ``"triangular"``: the identity, or the reversal permutation with ``flip=True``.
 
@@ -24,11 +26,12 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from .base import FlowLayer
+from .base import FlowLayer, broadcast_shapes
 from .params import ParamNet
 from .planar import solve_increasing, tolerance
 
 KINDS = ("orthogonal", "householder", "triangular")
+ORTHO = ("bjorck", "qr")
 
 
 def orthogonalize(Q: Tensor, max_iter: int = 50) -> Tensor:
@@ -118,6 +121,10 @@ class Sylvester(FlowLayer):
         flip: for ``"triangular"``, use the reversal permutation as Q.
         context_dim, hidden: with ``context_dim > 0`` a hypernetwork emits every
             parameter per context row (the amortised Sylvester VAE).
+        ortho: for ``"orthogonal"``, how the free matrix becomes orthonormal:
+            ``"bjorck"`` (the iteration of van den Berg et al.: Q is the polar factor,
+            the nearest orthonormal matrix) or ``"qr"`` (Q of its QR decomposition,
+            Gram-Schmidt order). The same family of maps; QR is much cheaper per point.
 
     Shapes: ``z`` ``(*batch, dim)``, context ``(*cbatch, context_dim)`` with
     ``cbatch`` broadcasting to ``batch``; ``x`` is ``(*batch, dim)`` and ``ladj``
@@ -139,10 +146,14 @@ class Sylvester(FlowLayer):
         context_dim: int = 0,
         hidden: Sequence[int] = (64, 64),
         init_scale: float = 0.01,
+        ortho: str = "bjorck",
     ):
         super().__init__(dim, context_dim)
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        if ortho not in ORTHO:
+            raise ValueError(f"ortho must be one of {ORTHO}, got {ortho!r}")
+        self.ortho = ortho
         if m is not None and kind != "orthogonal" and int(m) != dim:
             raise ValueError(f"m sets the columns of Q only for kind='orthogonal'; {kind!r} has m = dim = {dim}")
         M = dim if m is None else int(m)
@@ -177,6 +188,7 @@ class Sylvester(FlowLayer):
         # layers pickled by flowvi <= 0.x sessions before the gather (flowvi.io stores the pickled
         # architecture) have no gather_idx: rebuild it from M
         super().__setstate__(state)
+        self.__dict__.setdefault("ortho", "bjorck")  # the only method before ortho= existed
         if "gather_idx" not in self._buffers:
             self._buffers.pop("upper_idx", None)
             self._non_persistent_buffers_set.discard("upper_idx")
@@ -198,7 +210,7 @@ class Sylvester(FlowLayer):
         p = dict(zip(self.params.names, self.params(context)))
         Q = None  # triangular: the identity or the reversal, applied by indexing
         if self.kind == "orthogonal":
-            Q = orthogonalize(p["Q"])
+            Q = orthogonalize(p["Q"]) if self.ortho == "bjorck" else torch.linalg.qr(p["Q"])[0]
         elif self.kind == "householder":
             Q = self._householder(p["v"]) if matrix else _Reflections(p["v"])
         d, dt = p["diag"], p["diag_tilde"]
@@ -260,7 +272,7 @@ class Sylvester(FlowLayer):
         self._check(x, context)
         Q, R, Rt, b, one_plus_rr = self._parts(context, matrix=False)
         y = self._to_q(x, Q)
-        batch, M = torch.broadcast_shapes(y.shape[:-1], R.shape[:-2]), self.m
+        batch, M = broadcast_shapes(y.shape[:-1], R.shape[:-2]), self.m
         y, R, Rt, b = y.expand(*batch, M), R.expand(*batch, M, M), Rt.expand(*batch, M, M), b.expand(*batch, M)
         one_plus_rr = one_plus_rr.expand(*batch, M)
         # running sums over the solved coordinates k > i: pre[i] = b_i + sum R~_ik u_k, post[i] = sum R_ik h_k
@@ -286,4 +298,5 @@ class Sylvester(FlowLayer):
         return x - self._from_q(y - u, Q), torch.log(self._slope(h, one_plus_rr)).sum(-1)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, kind={self.kind}, m={self.m}, flip={self.flip}, context_dim={self.context_dim}"
+        ortho = f", ortho={self.ortho}" if self.kind == "orthogonal" else ""
+        return f"dim={self.dim}, kind={self.kind}, m={self.m}, flip={self.flip}, context_dim={self.context_dim}{ortho}"

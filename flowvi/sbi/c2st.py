@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from .._optim import adam
 from ._rng import generator
 
 
@@ -85,7 +86,7 @@ def c2st(
     h = hidden or 10 * d
     params = [*_init(g, n_folds, d, h), *_init(g, n_folds, h, h), *_init(g, n_folds, h, 1)]
     w1, b1, w2, b2, w3, b3 = params
-    opt = torch.optim.Adam(params, lr=lr, foreach=True)
+    opt = adam(params, lr)
 
     def logits(rows: Tensor) -> Tensor:
         z = torch.relu(torch.baddbmm(b1, x[rows].expand(n_folds, -1, -1), w1))

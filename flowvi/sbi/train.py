@@ -17,6 +17,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .._atomic import save_atomic
+from .._optim import adam
 from ._rng import generator
 from .estimator import PosteriorEstimator
 from .losses import atomic_loss, npe_loss
@@ -148,7 +149,7 @@ def train_estimator(
         raise ValueError("no training rows left after the validation split; append more simulations")
     if loss == "atomic" and train_idx.numel() < 2:
         raise ValueError("the atomic loss needs at least 2 training rows")
-    opt = torch.optim.Adam(est.parameters(), lr=lr, foreach=True)  # one fused update for all tensors: faster on CPU
+    opt = adam(est.parameters(), lr)
     g = generator(seed, 104729)
     state = dict(epoch=0, best_val=float("inf"), best_epoch=0, bad=0, train_loss=[], val_loss=[], done=False)
     best_state = copy.deepcopy(est.state_dict())

@@ -9,8 +9,9 @@ from .data import default_mnist_path, load_binarized_mnist, seeded_subset
 from .decoders import BernoulliDecoder, GaussianDecoder
 from .encoders import MLPEncoder
 from .iwae import log_likelihood
+from .layers import GatedLinear
 from .model import VAE
 from .train import evaluate_elbo, train
 
-__all__ = ["VAE", "BernoulliDecoder", "GaussianDecoder", "MLPEncoder", "default_mnist_path", "evaluate_elbo",
+__all__ = ["VAE", "BernoulliDecoder", "GatedLinear", "GaussianDecoder", "MLPEncoder", "default_mnist_path", "evaluate_elbo",
            "load_binarized_mnist", "log_likelihood", "seeded_subset", "train"]

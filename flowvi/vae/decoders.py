@@ -13,15 +13,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .layers import hidden_layers
 
-def mlp_net(z_dim: int, x_dim: int, hidden: Sequence[int]) -> nn.Sequential:
-    """The default decoder trunk ``z -> hidden... -> x_dim`` (softplus activations)."""
+
+def mlp_net(z_dim: int, x_dim: int, hidden: Sequence[int], gated: bool = False) -> nn.Sequential:
+    """The default decoder trunk ``z -> hidden... -> x_dim`` (softplus activations, or
+    ``GatedLinear`` units with ``gated=True``), with a linear output layer."""
     sizes = (int(z_dim), *(int(h) for h in hidden))
-    layers: list[nn.Module] = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
-        layers += [nn.Linear(a, b), nn.Softplus()]
-    layers.append(nn.Linear(sizes[-1], int(x_dim)))
-    return nn.Sequential(*layers)
+    return nn.Sequential(*hidden_layers(sizes, gated=gated), nn.Linear(sizes[-1], int(x_dim)))
 
 
 class BernoulliDecoder(nn.Module):

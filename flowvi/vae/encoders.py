@@ -10,23 +10,23 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from .layers import hidden_layers
+
 
 class MLPEncoder(nn.Module):
     """``x (*, x_dim) -> h (*, hidden[-1])`` through ``len(hidden)`` activated linear layers.
 
     ``out_features`` is ``h``'s size (what the flow's ``context_dim`` is set to).
+    ``gated=True`` uses ``GatedLinear`` units instead of ``activation``.
     """
 
-    def __init__(self, x_dim: int, hidden: Sequence[int] = (300, 300), activation: Callable[[], nn.Module] = nn.Softplus):
+    def __init__(self, x_dim: int, hidden: Sequence[int] = (300, 300), activation: Callable[[], nn.Module] = nn.Softplus,
+                 gated: bool = False):
         super().__init__()
         hidden = tuple(int(h) for h in hidden)
         if not hidden:
             raise ValueError("MLPEncoder needs at least one hidden layer (h is its last one)")
-        sizes = (int(x_dim), *hidden)
-        layers: list[nn.Module] = []
-        for a, b in zip(sizes[:-1], sizes[1:]):
-            layers += [nn.Linear(a, b), activation()]
-        self.net = nn.Sequential(*layers)
+        self.net = nn.Sequential(*hidden_layers((int(x_dim), *hidden), activation, gated))
         self.out_features = hidden[-1]
 
     def forward(self, x: Tensor) -> Tensor:

@@ -46,6 +46,8 @@ class VAE(PyroVAEMixin, nn.Module):
             plain diagonal-Gaussian VAE.
         flow_layers: number of flow layers.
         hidden: hidden sizes of the default MLP encoder and (mirrored) decoder.
+        gated: the default MLPs use gated units (``GatedLinear``, as in Tomczak &
+            Welling's VAE experiments) instead of softplus layers.
         likelihood: ``"bernoulli"`` (0/1 data) or ``"gaussian"``.
         encoder: any module ``(B, x_dim) -> (B, h_dim)``; default ``MLPEncoder``.
         decoder: a ``BernoulliDecoder``/``GaussianDecoder``, or any module
@@ -77,6 +79,7 @@ class VAE(PyroVAEMixin, nn.Module):
         flow_hidden: Sequence[int] | None = None,
         decoder_scale: float | None = None,
         amortize_flow: bool = True,
+        gated: bool = False,
         **flow_kwargs,
     ):
         super().__init__()
@@ -85,13 +88,13 @@ class VAE(PyroVAEMixin, nn.Module):
             raise ValueError(f"x_dim and z_dim must be positive, got {x_dim!r}, {z_dim!r}")
         if likelihood not in ("bernoulli", "gaussian"):
             raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {likelihood!r}")
-        self.encoder = encoder if encoder is not None else MLPEncoder(self.x_dim, hidden)
+        self.encoder = encoder if encoder is not None else MLPEncoder(self.x_dim, hidden, gated=gated)
         self.h_dim = output_size(self.encoder, self.x_dim)
 
         if isinstance(decoder, (BernoulliDecoder, GaussianDecoder)):
             self.decoder = decoder
         else:
-            net = decoder if decoder is not None else mlp_net(self.z_dim, self.x_dim, tuple(reversed(tuple(hidden))))
+            net = decoder if decoder is not None else mlp_net(self.z_dim, self.x_dim, tuple(reversed(tuple(hidden))), gated=gated)
             if likelihood == "bernoulli":
                 self.decoder = BernoulliDecoder(net)
             else:

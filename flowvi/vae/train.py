@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .._atomic import save_atomic
+from .._optim import adam
 from .data import as_data_tensor
 
 _CKPT_VERSION = 1
@@ -130,7 +131,7 @@ def train(
     n = train_x.shape[0]
     steps_per_epoch = math.ceil(n / int(batch_size))
 
-    optimizer = torch.optim.Adam(param_groups(model, lr, flow_lr_scale))
+    optimizer = adam(param_groups(model, lr, flow_lr_scale), lr)
     gen = torch.Generator().manual_seed(int(seed))
     torch.manual_seed(int(seed))
     rows: list[dict] = []

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from ..flows import Flow, StudentTBase, build
 from .._atomic import save_atomic
+from .._optim import adam
 from .guards import FitError, Plateau, Snapshot, explain_nonfinite
 from .init import advi_init, laplace_init
 from .objectives import elbo_step
@@ -76,7 +77,7 @@ def fit(
         flow = build([*spec, "lu"], dim, hidden=hidden, base=base_mod, final_affine=True)
     flow = flow.to(dtype)
     params = list(flow.parameters())
-    opt = torch.optim.Adam(params, lr=lr, foreach=True)
+    opt = adam(params, lr)
     plateau = plateau or Plateau()
     trace: list[float] = []
     step, t_used, t0 = 0, 0.0, time.perf_counter()
