@@ -189,3 +189,20 @@ def test_loader_missing_file_and_user_arrays(tmp_path):
     sub = V.seeded_subset(torch.arange(100.0).unsqueeze(1), 10, seed=0)
     assert sub.shape == (10, 1) and not torch.equal(sub[:, 0], torch.arange(10.0))
     assert V.default_mnist_path().name == "binarized_mnist.npz"
+
+
+def test_gated_units_are_the_gated_formula_and_build_a_working_vae():
+    torch.manual_seed(0)
+    unit = V.GatedLinear(5, 3).double()
+    x = torch.randn(4, 5, dtype=torch.float64)
+    W, b = unit.linear.weight, unit.linear.bias
+    value, gate = x @ W[:3].T + b[:3], x @ W[3:].T + b[3:]
+    torch.testing.assert_close(unit(x), value / (1 + torch.exp(-gate)))
+    model = V.VAE(12, 3, family="planar", hidden=(8, 6), gated=True)
+    gated = [m for m in model.modules() if isinstance(m, V.GatedLinear)]
+    # encoder 12 -> 8 -> 6 and mirrored decoder 3 -> 6 -> 8, then a linear output layer
+    assert [(g.linear.in_features, g.out_features) for g in gated] == [(12, 8), (8, 6), (3, 6), (6, 8)]
+    assert not any(isinstance(m, nn.Softplus) for m in model.modules())
+    xb = (torch.rand(7, 12) < 0.5).float()
+    assert model.elbo(xb).shape == (7,) and torch.isfinite(model.elbo(xb)).all()
+    assert V.VAE(12, 3, hidden=(8,)).encoder.net[1].__class__ is nn.Softplus  # the default stays softplus
