@@ -26,8 +26,8 @@ from flowvi.sbi import tasks as ftasks
 
 RECIPES = {
     # every recipe spelt out in full, so rows stay what they were when NPE.train's defaults move
-    "constant": dict(lr=5e-4, lr_patience=None, patience=20, batch_size=100),  # the defaults before 2026-11-30
-    "plateau": dict(lr=1e-3, lr_patience=5, patience=20, batch_size=100),  # the defaults since
+    "constant": dict(lr=5e-4, lr_patience=None, patience=20, batch_size=100),  # NPE.train's defaults
+    "plateau": dict(lr=1e-3, lr_patience=5, patience=20, batch_size=100),  # NPE.train(lr=1e-3, lr_patience=5): an option
     "plateau-short": dict(lr=1e-3, lr_patience=5, patience=10, batch_size=100),
     "batch200-plateau": dict(lr=1e-3, lr_patience=5, patience=20, batch_size=200),
 }
