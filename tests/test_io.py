@@ -145,6 +145,15 @@ def test_vae_round_trip_identical_log_likelihood(tmp_path):
     assert loaded.saved_history.equals(hist)
 
 
+def test_gated_vae_with_qr_sylvester_round_trips(tmp_path):
+    model = _perturb(VAE(12, 3, family="sylvester", flow_layers=2, hidden=(10,), gated=True, m=2, ortho="qr"), scale=0.05)
+    x = (torch.rand(6, 12) > 0.5).float()
+    io.save_vae(model, tmp_path / "g.pt")
+    loaded = io.load_vae(tmp_path / "g.pt")
+    assert [layer.ortho for layer in loaded.flow.layers[1:]] == ["qr", "qr"]
+    assert torch.equal(loaded.log_likelihood(x, k=20, seed=1), model.log_likelihood(x, k=20, seed=1))
+
+
 # -- refusals ------------------------------------------------------------------------------------
 def test_other_format_version_is_refused_naming_both(tmp_path):
     path = io.save_flow(flowvi.build("maf", 2, layers=1, hidden=(4,)), tmp_path / "f.pt")
