@@ -81,6 +81,8 @@ def main(argv=None) -> pd.DataFrame:
     ap.add_argument("--out", default="case_studies/results")
     ap.add_argument("--checkpoint-dir", default=None, help="resume per-family runs from here")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--eval-only", action="store_true",
+                    help="no training: score each family's checkpoint (its best epoch's weights when it kept them)")
     ap.add_argument("--figures-only", action="store_true",
                     help="only redraw each family's samples/reconstructions figure from its checkpoint")
     args = ap.parse_args(argv)
@@ -115,18 +117,23 @@ def main(argv=None) -> pd.DataFrame:
         ckpt = Path(args.checkpoint_dir) / f"vae_{name}.pt" if args.checkpoint_dir else None
         if ckpt is not None:
             ckpt.parent.mkdir(parents=True, exist_ok=True)
-        if args.figures_only:
+        if args.figures_only or args.eval_only:
             if ckpt is None or not ckpt.exists():
-                raise SystemExit(f"--figures-only needs --checkpoint-dir with vae_{name}.pt in it")
-            model.load_state_dict(torch.load(ckpt, weights_only=False)["model"])
-            figure(model, test_ll, out / f"vae_mnist_{name}.png", args.seed)
-            continue
-        hist = V.train(model, data["train"], valid, epochs=args.max_epochs, batch_size=args.batch_size,
-                       lr=args.lr, seed=args.seed, checkpoint=ckpt, progress=not args.no_progress,
-                       time_budget=args.budget_seconds, warmup_epochs=args.warmup_epochs, free_bits=args.free_bits,
-                       flow_lr_scale=args.flow_lr_scale, clock=args.budget_clock,
-                       clip_grad=args.clip_grad if args.clip_grad > 0 else None,
-                       patience=args.patience, keep_best=args.patience is not None)
+                raise SystemExit(f"--figures-only/--eval-only need --checkpoint-dir with vae_{name}.pt in it")
+            saved = torch.load(ckpt, weights_only=False)
+            # a run with --patience ended on its best epoch's weights, which the checkpoint keeps apart
+            model.load_state_dict(saved.get("best_state") or saved["model"])
+            if args.figures_only:
+                figure(model, test_ll, out / f"vae_mnist_{name}.png", args.seed)
+                continue
+            hist = pd.DataFrame(saved["history"])
+        else:
+            hist = V.train(model, data["train"], valid, epochs=args.max_epochs, batch_size=args.batch_size,
+                           lr=args.lr, seed=args.seed, checkpoint=ckpt, progress=not args.no_progress,
+                           time_budget=args.budget_seconds, warmup_epochs=args.warmup_epochs,
+                           free_bits=args.free_bits, flow_lr_scale=args.flow_lr_scale, clock=args.budget_clock,
+                           clip_grad=args.clip_grad if args.clip_grad > 0 else None,
+                           patience=args.patience, keep_best=args.patience is not None)
         t0 = time.perf_counter()
         neg_elbo = -V.evaluate_elbo(model, test_elbo, seed=args.seed)
         ll = model.log_likelihood(test_ll, k=args.k, batch=100, chunk=100, seed=args.seed)
@@ -142,6 +149,7 @@ def main(argv=None) -> pd.DataFrame:
             # from the measured time per step, so it is defined even when no epoch finished
             "sec_per_epoch": round(secs / max(steps, 1) * steps_per_epoch, 1),
             "valid_neg_elbo": round(float(hist.valid_neg_elbo.iloc[-1]), 2),
+            "best_valid_neg_elbo": round(float(hist.valid_neg_elbo.min()), 2),
             "test_neg_elbo": round(neg_elbo, 2),
             f"test_nll_iwae_k{args.k}": round(float(-ll.mean()), 2),
             "eval_seconds": round(eval_s, 1),

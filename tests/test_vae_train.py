@@ -179,11 +179,16 @@ def test_mnist_case_study_runs_end_to_end_on_generated_data(tmp_path, monkeypatc
     argv = ["--data", str(tmp_path / "mnist.npz"), "--out", str(tmp_path / "out"), "--families", "diagonal,planar",
             "--hidden", "16", "--z-dim", "3", "--flow-layers", "2", "--max-epochs", "2", "--batch-size", "20",
             "--k", "5", "--test-size", "10", "--valid-size", "10", "--shared-flow", "--budget-clock", "process",
-            "--flow-hidden", "", "--clip-grad", "0", "--no-progress", "--checkpoint-dir", str(tmp_path / "ck")]
+            "--flow-hidden", "", "--clip-grad", "0", "--no-progress", "--checkpoint-dir", str(tmp_path / "ck"),
+            "--gated"]
     table = vae_mnist.main(argv)
     assert list(table.family) == ["diagonal", "planar"] and (table.epochs == 2).all()
     assert np.isfinite(table.test_neg_elbo).all() and (tmp_path / "out" / "vae_mnist.csv").exists()
     assert (tmp_path / "ck" / "vae_planar.pt").exists()
+    # scoring the checkpoints again without training reproduces the rows (same weights, same seeds)
+    again = vae_mnist.main(argv + ["--eval-only", "--out", str(tmp_path / "out2")])
+    cols = ["family", "epochs", "valid_neg_elbo", "best_valid_neg_elbo", "test_neg_elbo", "test_nll_iwae_k5"]
+    assert again[cols].equals(table[cols])
     sys.modules.pop("vae_mnist", None)
 
 
