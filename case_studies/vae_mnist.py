@@ -152,6 +152,7 @@ def main(argv=None) -> pd.DataFrame:
             "best_valid_neg_elbo": round(float(hist.valid_neg_elbo.min()), 2),
             "test_neg_elbo": round(neg_elbo, 2),
             f"test_nll_iwae_k{args.k}": round(float(-ll.mean()), 2),
+            "test_nll_se": round(float(ll.std() / len(ll) ** 0.5), 2),  # over test images
             "eval_seconds": round(eval_s, 1),
         }
         print(row, flush=True)
