@@ -15,7 +15,6 @@ Run it in an environment with sbi 0.27 and flowvi. Writes ``<out>/npe_step_time.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 import warnings
 from pathlib import Path

@@ -10,8 +10,9 @@ class GatedLinear(nn.Module):
     """``y = (W x + b) * sigmoid(V x + c)``: the gated dense unit of Dauphin et al. (2017).
 
     Tomczak & Welling's VAE experiments (Householder flows, VampPrior) use these in
-    place of activated linear layers; on statically binarized MNIST they overfit
-    less than softplus MLPs. One ``Linear`` computes both halves (one matmul).
+    place of activated linear layers. With KL warm-up they took every posterior's test
+    NLL on statically binarized MNIST 5-10 nats lower than softplus MLPs did (docs/vae.md,
+    run D). One ``Linear`` computes both halves (one matmul).
     Shapes: ``(*, in_features) -> (*, out_features)``.
     """
 
