@@ -118,3 +118,28 @@ def test_executors_give_the_same_simulations():
     assert torch.allclose(serial.x, threaded.x, atol=0.1)
     with pytest.raises(RuntimeError, match="picklable"):
         sbi.simulate(lambda t: t, PRIOR, 20, batch_size=10, workers=2)
+
+
+def test_worker_processes_are_not_forks_of_a_threaded_parent(monkeypatch):
+    # a fork copies locks held by the parent's other threads; one such worker hung our CI
+    import multiprocessing as mp
+    import sys
+    import types
+
+    from flowvi.sbi.simulate import _process_pool
+
+    clean = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+    pool = _process_pool(2, doubling)
+    assert pool._mp_context.get_start_method() == clean
+    pool.shutdown()
+    # a simulator from an interactive __main__ (no file to import it from) keeps fork
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))
+
+    def interactive(theta):
+        return theta
+
+    interactive.__module__ = "__main__"
+    if "fork" in mp.get_all_start_methods():
+        pool = _process_pool(2, interactive)
+        assert pool._mp_context.get_start_method() == "fork"
+        pool.shutdown()

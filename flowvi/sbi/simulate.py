@@ -119,6 +119,29 @@ def _check_output(x: Any, b: int) -> Tensor | str:
     return x
 
 
+def _process_pool(workers: int, simulator) -> cf.ProcessPoolExecutor:
+    """Worker processes that start clean rather than as forks of this process.
+
+    A fork copies every lock of a multi-threaded parent (torch's thread pools, tqdm's
+    monitor, an executor's feeder thread) in whatever state it is in, and a worker that
+    then waits on a lock held by a thread it does not have hangs forever (it happened in
+    our CI). ``forkserver`` forks workers from a clean single-threaded server process; the
+    simulator is pickled by reference, as it is for any executor. A simulator defined in an
+    interactive ``__main__`` (a notebook) cannot be imported by such workers, so fork is kept
+    for that case only.
+    """
+    import multiprocessing as mp
+    import sys
+
+    methods = mp.get_all_start_methods()
+    interactive = getattr(simulator, "__module__", None) == "__main__" and not hasattr(sys.modules["__main__"], "__file__")
+    if interactive and "fork" in methods:
+        method = "fork"
+    else:
+        method = "forkserver" if "forkserver" in methods else "spawn"
+    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method))
+
+
 def simulate(
     simulator: Callable[[Tensor], Tensor],
     prior,
@@ -195,7 +218,7 @@ def simulate(
     bar = tqdm(total=n_batches, initial=len(done), disable=not show_progress, desc="simulate", unit="batch")
     own = None
     if executor is None and workers is not None and int(workers) > 1:
-        executor = own = cf.ProcessPoolExecutor(max_workers=int(workers))
+        executor = own = _process_pool(int(workers), simulator)
     try:
         if executor is None:
             for k in todo:
