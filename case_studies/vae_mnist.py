@@ -120,13 +120,10 @@ def main(argv=None) -> pd.DataFrame:
         if args.figures_only or args.eval_only:
             if ckpt is None or not ckpt.exists():
                 raise SystemExit(f"--figures-only/--eval-only need --checkpoint-dir with vae_{name}.pt in it")
-            saved = torch.load(ckpt, weights_only=False)
-            # a run with --patience ended on its best epoch's weights, which the checkpoint keeps apart
-            model.load_state_dict(saved.get("best_state") or saved["model"])
+            hist = V.load_checkpoint(model, ckpt)  # the best epoch's weights when the run kept them
             if args.figures_only:
                 figure(model, test_ll, out / f"vae_mnist_{name}.png", args.seed)
                 continue
-            hist = pd.DataFrame(saved["history"])
         else:
             hist = V.train(model, data["train"], valid, epochs=args.max_epochs, batch_size=args.batch_size,
                            lr=args.lr, seed=args.seed, checkpoint=ckpt, progress=not args.no_progress,

@@ -189,6 +189,8 @@ def test_mnist_case_study_runs_end_to_end_on_generated_data(tmp_path, monkeypatc
     again = vae_mnist.main(argv + ["--eval-only", "--out", str(tmp_path / "out2")])
     cols = ["family", "epochs", "valid_neg_elbo", "best_valid_neg_elbo", "test_neg_elbo", "test_nll_iwae_k5"]
     assert again[cols].equals(table[cols])
+    with pytest.raises(SystemExit, match="--checkpoint-dir"):  # nothing to score: says what is missing
+        vae_mnist.main(argv[:-3] + ["--eval-only"])
     sys.modules.pop("vae_mnist", None)
 
 

@@ -11,7 +11,7 @@ from .encoders import MLPEncoder
 from .iwae import log_likelihood
 from .layers import GatedLinear
 from .model import VAE
-from .train import evaluate_elbo, train
+from .train import evaluate_elbo, load_checkpoint, train
 
 __all__ = ["VAE", "BernoulliDecoder", "GatedLinear", "GaussianDecoder", "MLPEncoder", "default_mnist_path", "evaluate_elbo",
-           "load_binarized_mnist", "log_likelihood", "seeded_subset", "train"]
+           "load_binarized_mnist", "load_checkpoint", "log_likelihood", "seeded_subset", "train"]

@@ -21,6 +21,7 @@ from .._optim import adam
 from .data import as_data_tensor
 
 _CKPT_VERSION = 1
+HISTORY_COLUMNS = ["epoch", "train_neg_elbo", "valid_neg_elbo", "beta", "seconds", "steps", "complete"]
 
 
 @torch.no_grad()
@@ -55,6 +56,18 @@ def param_groups(model, lr: float, flow_lr_scale: float) -> list[dict]:
     if flow_ids:
         groups.append({"params": [p for p in model.parameters() if id(p) in flow_ids], "lr": float(lr) * float(flow_lr_scale)})
     return groups
+
+
+def load_checkpoint(model, checkpoint) -> pd.DataFrame:
+    """Load a ``train`` checkpoint's weights into ``model`` and return its history.
+
+    The weights are the best validation epoch's when the run kept them (``keep_best``),
+    else the last epoch's: what ``train`` itself leaves in the model.
+    """
+    state = torch.load(checkpoint, weights_only=False)
+    best = state.get("best_state")
+    model.load_state_dict(best if best is not None else state["model"])
+    return pd.DataFrame(state["history"], columns=HISTORY_COLUMNS)
 
 
 def train(
@@ -214,4 +227,4 @@ def train(
         bar.close()
     if keep_best and best_state is not None:
         model.load_state_dict(best_state)
-    return pd.DataFrame(rows, columns=["epoch", "train_neg_elbo", "valid_neg_elbo", "beta", "seconds", "steps", "complete"])
+    return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
