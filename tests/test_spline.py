@@ -182,6 +182,21 @@ def test_zero_parameters_are_the_identity(dtype):
         torch.testing.assert_close(ld, torch.zeros_like(x), atol=tol, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_module_constants_follow_the_inputs_device_and_dtype(dtype):
+    # the spline keeps a few constants as CPU tensors (cheaper than Python numbers per op):
+    # a non-CPU input (here the shape-only "meta" device) must not meet a CPU tensor, and a
+    # float32 input must stay float32
+    for inverse in (False, True):
+        for ax, (xs, ps) in {-1: ((4, 3), (4, 3, 3 * K - 1)), -2: ((4, 3), (4, 3 * K - 1, 3))}.items():
+            y, ld = rq_spline(torch.zeros(xs, device="meta", dtype=dtype), torch.zeros(ps, device="meta", dtype=dtype),
+                              B, inverse, param_dim=ax)
+            assert y.device.type == ld.device.type == "meta" and y.dtype == ld.dtype == dtype
+            assert y.shape == ld.shape == xs
+        y, ld = rq_spline(torch.randn(50, dtype=dtype), torch.randn(50, 3 * K - 1, dtype=dtype), B, inverse)
+        assert y.dtype == ld.dtype == dtype
+
+
 def test_parameter_major_layout_and_broadcasting_agree():
     g = torch.Generator().manual_seed(0)
     x = 4 * torch.randn(5, 7, 3, generator=g, dtype=F64)

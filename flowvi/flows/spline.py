@@ -36,6 +36,13 @@ from .params import mlp
 MIN_WIDTH = MIN_HEIGHT = MIN_DERIVATIVE = 1e-3
 # softplus(0 + _DERIV_SHIFT) + MIN_DERIVATIVE == 1: zero parameters give unit slopes.
 _DERIV_SHIFT = inverse_softplus(1 - MIN_DERIVATIVE)
+# The spline's constants as 0-dim float64 tensors: an op with a Python number wraps it in
+# a fresh tensor every call, which costs as much as the op itself at these sizes, and a
+# 0-dim operand takes the other operand's dtype (float32 stays float32) and device.
+_DERIV_SHIFT_T = torch.tensor(_DERIV_SHIFT, dtype=torch.float64)
+_MIN_DERIV_T = torch.tensor(MIN_DERIVATIVE, dtype=torch.float64)
+# neighbours of a bin index: its left and right interior knots
+_PAIR = torch.tensor([-1, 0])
 
 
 def n_params(bins: int) -> int:
@@ -58,12 +65,11 @@ def _interior_knots(p: Tensor, bins: int, bound: float, ax: int) -> tuple[Tensor
     wh = torch.softmax(raw_wh.unflatten(ax, (2, K)), ax)
     # Knot j (1 <= j < K) = -B + 2B * (MIN * j + (1 - MIN * K) * cumsum_j): the
     # affine part is folded into one add against a constant offset.
-    j = torch.arange(1, K, dtype=p.dtype, device=p.device)
-    offset = -bound + 2 * bound * MIN_WIDTH * j
+    offset = torch.tensor([-bound + 2 * bound * MIN_WIDTH * j for j in range(1, K)], dtype=p.dtype, device=p.device)
     if ax == -2:
         offset = offset[:, None]
     knots = torch.add(offset, wh.split([K - 1, 1], ax)[0].cumsum(ax), alpha=2 * bound * (1 - MIN_WIDTH * K))
-    deriv = F.softplus(raw_d + _DERIV_SHIFT) + MIN_DERIVATIVE
+    deriv = torch.add(F.softplus(torch.add(raw_d, _DERIV_SHIFT_T)), _MIN_DERIV_T)
     return knots, deriv
 
 
@@ -97,28 +103,30 @@ def rq_spline(x: Tensor, params: Tensor, bound: float, inverse: bool = False, pa
         return x.expand(shape), x.new_zeros(shape)
     knots, deriv = _interior_knots(params, K, bound, ax)  # on the parameters' own batch only
     xb = x.unsqueeze(ax)  # (..., 1[, n]): lines x up with the knot axis
-    inside = xb.abs() <= bound
     xc = xb.clamp(-bound, bound)  # outside points take the (finite) end-bin values, then are replaced
     # Bin index = number of interior knots at or below the point (points on a knot
     # start the next bin). A broadcast comparison beats searchsorted at these K.
     idx = (xc >= knots.select(ax - 1, 1 if inverse else 0)).sum(ax, keepdim=True)
     # Gather the bin's interior ends (clamped), then put the implicit end knots in
     # with cheap elementwise selects on the small per-point tensors.
-    pair = torch.cat([(idx - 1).clamp_min(0), idx.clamp_max(K - 2)], ax)
+    wanted = idx + (_PAIR if ax == -1 else _PAIR[:, None]).to(idx.device)
+    pair = wanted.clamp(0, K - 2)
     lead, tail = (shape, ()) if ax == -1 else (shape[:-1], shape[-1:])  # tail: the n axis
     gk = knots.expand(*lead, 2, K - 1, *tail).gather(ax, pair.unsqueeze(ax - 1).expand(*lead, 2, 2, *tail))
     gd = deriv.expand(*lead, K - 1, *tail).gather(ax, pair.expand(*lead, 2, *tail))
     (x0, x1), (y0, y1) = (r.unbind(ax) for r in gk.unbind(ax - 1))
     d0, d1 = gd.unbind(ax)
-    first, last = (idx == 0).squeeze(ax), (idx == K - 1).squeeze(ax)
+    first, last = (pair != wanted).unbind(ax)  # clamped: the end knot is implicit (first / last bin)
     # masked_fill, not where(mask, scalar, t): where wraps the scalar in a tensor and
     # type-promotes it, forward and backward (the no-grad call took ~12 % longer)
     x0, y0, d0 = x0.masked_fill(first, -bound), y0.masked_fill(first, -bound), d0.masked_fill(first, 1.0)
     x1, y1, d1 = x1.masked_fill(last, bound), y1.masked_fill(last, bound), d1.masked_fill(last, 1.0)
+    outside = (xc != xb).squeeze(ax)  # NaN counts as outside: it passes through unchanged
     xc = xc.squeeze(ax)
     w, h = x1 - x0, y1 - y0
     s = h / w
-    c2 = d0 + d1 - 2 * s
+    s2 = s + s  # no Python-number operands below: each would cost a tensor allocation
+    c2 = d0 + d1 - s2
     if inverse:
         # Solve for xi in Durkan et al. eq. (6)-(8). With t = (y - y_k) / h_k and
         # u = d_k (1 - t) - d_{k+1} t, the discriminant b^2 - 4ac is u^2 + X with
@@ -126,26 +134,25 @@ def rq_spline(x: Tensor, params: Tensor, bound: float, inverse: bool = False, pa
         # Computing u + sqrt(u^2 + X) as X / (|u| + sqrt(...)) when u < 0 leaves no
         # subtraction of nearly equal numbers anywhere (b^2 - 4ac itself cancels
         # badly in float32 when s >> d), and both branches stay finite for autograd.
-        t = (xc - y0) / h
-        omt = 1 - t
+        t, omt = (xc - y0) / h, (y1 - xc) / h
         u = d0 * omt - d1 * t
-        st2 = 2 * s * t
-        X = st2 * (2 * s) * omt
+        st2 = s2 * t
+        X = st2 * s2 * omt
         p = u.abs() + torch.addcmul(X, u, u).clamp_min(0).sqrt()
-        xi = st2 / (st2 + torch.where(u >= 0, p, X / p))
+        rest = torch.where(torch.signbit(u), X / p, p)
+        total = st2 + rest
+        xi, one_m = st2 / total, rest / total
         out = torch.addcmul(x0, xi, w)
-        q = xi * (1 - xi)
+        q = xi * one_m
         den = torch.addcmul(s, c2, q)
     else:
-        xi = (xc - x0) / w
-        q = xi * (1 - xi)
+        xi, one_m = (xc - x0) / w, (x1 - xc) / w
+        q = xi * one_m
         den = torch.addcmul(s, c2, q)
         out = y0 + h * (s * xi * xi + d0 * q) / den
-    one_m = 1 - xi
     r = s / den  # squared after dividing: den^2 alone can overflow float32
-    deriv = r * r * (d1 * xi * xi + 2 * s * q + d0 * one_m * one_m)
-    inside = inside.squeeze(ax)
-    return torch.where(inside, out, x), deriv.log().masked_fill(~inside, 0.0)
+    deriv = r * r * (d1 * xi * xi + s2 * q + d0 * one_m * one_m)
+    return torch.where(outside, x, out), deriv.log().masked_fill(outside, 0.0)
 
 
 class SplineCoupling(FlowLayer):
