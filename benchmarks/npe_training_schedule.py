@@ -1,35 +1,46 @@
-"""NPE training recipes on the same simulations: C2ST to sbibm reference posteriors, time, held-out loss.
+"""NPE training recipes on the same simulations: held-out test NLL, time, and optionally C2ST.
 
-Each call trains flowvi's NPE (spline flow, defaults otherwise) once with one training
-recipe on one task and simulation budget, draws 10,000 posterior samples at sbibm
-observations 1..k and scores them by C2ST against sbibm's reference draws
-(``benchmarks/sbibm_export.py`` writes them). The simulations are those of
-``benchmarks/npe_vs_sbi.py`` (same seeds), so rows compare with that table's.
+Each call trains one estimator on one task and simulation budget with one recipe: flowvi's
+NPE (spline flow) with a training recipe, or ``sbi`` (sbi 0.27's ``NPE``, "nsf", its
+defaults) as the reference. It reports the training time, the epochs, and the **test
+NLL**: the mean ``-log q(theta | x)`` over 20,000 fresh prior simulations drawn from a seed
+of their own, the same for every recipe and seed of a task. The test NLL is a proper scoring
+rule averaged over the prior predictive, so two recipes compare on the same test pairs with
+a paired standard error far below the spread between training seeds; ``--c2st K`` adds the
+C2ST at sbibm observations 1..K (``benchmarks/sbibm_export.py`` writes them). The
+training simulations are those of ``benchmarks/npe_vs_sbi.py`` (same seeds).
 
-    python benchmarks/npe_training_schedule.py two_moons 10000 plateau --refs runs/sbibm_refs
+    python benchmarks/npe_training_schedule.py two_moons 10000 plateau --csv docs/benchmarks/npe_training_recipes.csv
 
-prints one JSON line; ``--csv FILE`` also appends it to a table.
+prints one JSON line; ``--csv FILE`` also appends it to a table and ``--nll-dir DIR`` saves
+the per-pair NLLs (for paired differences). For sbi's density, the network's own
+``log_prob`` is used (no correction for mass outside a bounded prior, which makes it at
+worst pessimistic; the sbibm tasks' posteriors sit well inside their priors).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from npe_vs_sbi import observations, simulations  # the benchmark's simulations and sbibm observations
+from npe_vs_sbi import observations, simulations, to_sbi_prior  # the benchmark's simulations and sbibm observations
 
 from flowvi import sbi as fsbi
 from flowvi.sbi import tasks as ftasks
 
 RECIPES = {
     # every recipe spelt out in full, so rows stay what they were when NPE.train's defaults move
-    "constant": dict(lr=5e-4, lr_patience=None, patience=20, batch_size=100),  # NPE.train's defaults
-    "plateau": dict(lr=1e-3, lr_patience=5, patience=20, batch_size=100),  # NPE.train(lr=1e-3, lr_patience=5): an option
+    "constant": dict(lr=5e-4, lr_patience=None, patience=20, batch_size=100),
+    "plateau": dict(lr=1e-3, lr_patience=5, patience=20, batch_size=100),
     "plateau-short": dict(lr=1e-3, lr_patience=5, patience=10, batch_size=100),
+    "batch200": dict(lr=5e-4, lr_patience=None, patience=20, batch_size=200),  # sbi's recipe
     "batch200-plateau": dict(lr=1e-3, lr_patience=5, patience=20, batch_size=200),
+    "batch200-lr2e-3-plateau": dict(lr=2e-3, lr_patience=5, patience=20, batch_size=200),
+    "batch400-lr2e-3-plateau": dict(lr=2e-3, lr_patience=5, patience=20, batch_size=400),
 }
 # recipes that also change the estimator (NPE's arguments); the others use NPE's defaults
 ESTIMATORS = {
@@ -38,38 +49,93 @@ ESTIMATORS = {
 RECIPES["constant-lu"] = RECIPES["constant"]
 TASKS = ["two_moons", "gaussian_linear", "gaussian_mixture", "slcp", "bernoulli_glm"]
 SIMS = [1000, 10000]
+TEST_SIZE = 20_000
+
+
+def test_pairs(task, task_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The task's ``TEST_SIZE`` held-out ``(theta, x)`` prior simulations (global RNG left as it was)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(999 + task_index)
+        theta = task.prior.sample((TEST_SIZE,))
+        return theta, task.simulator(theta)
+
+
+def train_sbi(task, theta, x, seed):
+    """sbi 0.27's NPE with its defaults; returns ``(-log q(theta|x) function, epochs, posterior sampler)``."""
+    from sbi.inference import NPE
+
+    torch.manual_seed(seed)
+    inference = NPE(prior=to_sbi_prior(task.prior), density_estimator="nsf", show_progress_bars=False)
+    inference.append_simulations(theta, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = inference.train(show_train_summary=False)
+    net.eval()
+    posterior = inference.build_posterior(net)
+
+    @torch.no_grad()
+    def nll(t, xs):
+        return torch.cat([net.loss(a, condition=b) for a, b in zip(t.split(2000), xs.split(2000))])
+
+    def sample(x_o, n):
+        torch.manual_seed(seed)
+        return posterior.sample((n,), x=x_o, show_progress_bars=False)
+
+    return nll, inference._summary["epochs_trained"][-1], None, sample
+
+
+def train_flowvi(task, theta, x, recipe, seed):
+    npe = fsbi.NPE(task.prior, "nsf", seed=seed, **ESTIMATORS.get(recipe, {})).append_simulations(theta, x)
+    npe.train(show_progress=False, **RECIPES[recipe])
+
+    @torch.no_grad()
+    def nll(t, xs):
+        return -npe.log_prob_batched(t, xs)
+
+    def sample(x_o, n):
+        return npe.posterior(x_o).sample((n,), seed=seed)
+
+    return nll, npe.history[-1].epochs, npe.history[-1].best_epoch, sample
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("task", choices=TASKS)
     ap.add_argument("sims", type=int, choices=SIMS)
-    ap.add_argument("recipe", choices=sorted(RECIPES))
-    ap.add_argument("--observations", type=int, default=3)
+    ap.add_argument("recipe", choices=sorted(RECIPES) + ["sbi"])
+    ap.add_argument("--c2st", type=int, default=0, help="also C2ST at sbibm observations 1..K (0: skip)")
     ap.add_argument("--refs", default="runs/sbibm_refs", help="folder of sbibm exports (<task>_<i>.npz)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="training seed (the simulations stay the benchmark's)")
     ap.add_argument("--csv", default=None)
+    ap.add_argument("--nll-dir", default=None, help="save the per-pair test NLLs as <task>_<sims>_<recipe>_<seed>.npy")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     task = ftasks.get_task(args.task)
-    theta, x = simulations(task, TASKS.index(args.task), SIMS.index(args.sims), args.sims, args.seed)
-    npe = fsbi.NPE(task.prior, "nsf", seed=args.seed, **ESTIMATORS.get(args.recipe, {})).append_simulations(theta, x)
+    theta, x = simulations(task, TASKS.index(args.task), SIMS.index(args.sims), args.sims, 0)
+    test_theta, test_x = test_pairs(task, TASKS.index(args.task))
     t0 = time.perf_counter()
-    npe.train(show_progress=False, **RECIPES[args.recipe])
+    if args.recipe == "sbi":
+        nll_fn, epochs, best_epoch, sample = train_sbi(task, theta, x, args.seed)
+    else:
+        nll_fn, epochs, best_epoch, sample = train_flowvi(task, theta, x, args.recipe, args.seed)
     seconds = time.perf_counter() - t0
-    scores = [fsbi.c2st(ref, npe.posterior(x_o).sample((10_000,), seed=args.seed), seed=args.seed)
-              for _, x_o, ref, _ in observations(task, args.observations, Path(args.refs), 10_000, args.seed)]
-    h = npe.history[-1]
-    row = dict(task=args.task, sims=args.sims, recipe=args.recipe, c2st=[round(s, 4) for s in scores],
-               mean=round(float(np.mean(scores)), 4), train_s=round(seconds, 1), epochs=h.epochs,
-               best_epoch=h.best_epoch, best_val=round(h.best_val_loss, 4))
+    nll = nll_fn(test_theta, test_x)
+    row = dict(task=args.task, sims=args.sims, recipe=args.recipe, seed=args.seed, train_s=round(seconds, 1),
+               epochs=epochs, best_epoch=best_epoch, test_nll=round(float(nll.mean()), 4),
+               test_nll_se=round(float(nll.std() / len(nll) ** 0.5), 4))
+    if args.nll_dir:
+        Path(args.nll_dir).mkdir(parents=True, exist_ok=True)
+        np.save(Path(args.nll_dir) / f"{args.task}_{args.sims}_{args.recipe}_{args.seed}.npy", nll.numpy())
+    if args.c2st:
+        scores = [fsbi.c2st(ref, sample(x_o, 10_000), seed=args.seed)
+                  for _, x_o, ref, _ in observations(task, args.c2st, Path(args.refs), 10_000, 0)]
+        row.update(c2st=" ".join(f"{s:.4f}" for s in scores), c2st_mean=round(float(np.mean(scores)), 4))
     print(json.dumps(row), flush=True)
     if args.csv:
         import pandas as pd
 
-        flat = dict(row, c2st=" ".join(map(str, row["c2st"])))
-        pd.DataFrame([flat]).to_csv(args.csv, mode="a", header=not Path(args.csv).exists(), index=False)
+        pd.DataFrame([row]).to_csv(args.csv, mode="a", header=not Path(args.csv).exists(), index=False)
     return row
 
 
