@@ -57,3 +57,30 @@ def test_adam_falls_back_to_foreach_without_a_fused_kernel(monkeypatch):
     opt = adam(iter(groups), 1e-3)  # a one-shot iterable survives the retry
     assert opt.defaults["foreach"] is True and not opt.defaults.get("fused")
     assert [g["lr"] for g in opt.param_groups] == [1e-3, 0.1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_standard_normal_log_prob_is_pyros(dtype):
+    from flowvi.flows import StandardNormal
+
+    base = StandardNormal(3).to(dtype)
+    x = 3 * torch.randn(4, 5, 3, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    ours = base.log_prob(x)
+    assert ours.dtype == dtype and ours.shape == (4, 5)
+    torch.testing.assert_close(ours, base((5,)).log_prob(x), rtol=0, atol=1e-12 if dtype == torch.float64 else 1e-5)
+
+
+def test_flow_log_prob_broadcasts_like_the_base_distribution():
+    # the fast base density must keep TransformedDistribution's shapes: a context batch with one x,
+    # and a flow with no layers at all
+    from flowvi import flows
+
+    flow = flows.build("nsf", 2, layers=2, context_dim=3)
+    ctx = torch.randn(6, 3)
+    lp = flow(ctx).log_prob(torch.zeros(2))
+    assert lp.shape == (6,)
+    empty = flows.Flow([], dim=2)
+    d = empty()
+    x = torch.randn(7, 2)
+    torch.testing.assert_close(d.log_prob(x), torch.distributions.Normal(0.0, 1.0).log_prob(x).sum(-1))
+    assert flows.Flow([], dim=2)(None).expand((4,)).log_prob(torch.zeros(2)).shape == (4,)

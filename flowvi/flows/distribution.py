@@ -12,6 +12,8 @@
 """
 from __future__ import annotations
 
+import functools
+import math
 from typing import Sequence
 
 import pyro.distributions as pdist
@@ -19,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .base import FlowLayer, inverse_softplus
+from .base import FlowLayer, broadcast_shapes, inverse_softplus
 
 _ORDER = {"exact": 0, "numerical": 1, "none": 2}
 
@@ -41,6 +43,20 @@ class StandardNormal(nn.Module):
             shape = torch.Size(batch_shape) + (self.dim,)
             cache[key] = pdist.Normal(self.loc.expand(shape), self.scale.expand(shape)).to_event(1)
         return cache[key]
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """``log N(x; 0, I)`` over the last axis: ``(..., dim) -> (...)``.
+
+        The value ``forward(...).log_prob(x)`` gives, without the distribution's per-call
+        argument validation and Python-number operands (a flow's training step pays them).
+        """
+        return torch.add(_log_normaliser(self.dim), x.square().sum(-1), alpha=-0.5)
+
+
+@functools.lru_cache(maxsize=None)
+def _log_normaliser(dim: int) -> Tensor:
+    # a 0-dim CPU float64 tensor: it takes the other operand's dtype and device
+    return torch.tensor(-0.5 * dim * math.log(2 * math.pi), dtype=torch.float64)
 
 
 class StudentTBase(nn.Module):
@@ -109,7 +125,7 @@ class FlowDistribution(pdist.TransformedDistribution):
         log-density of shape ``(*sample_shape, *batch_shape)``.
         """
         z = self.base_dist.rsample(torch.Size(sample_shape))
-        lp = self.base_dist.log_prob(z)
+        lp = self._base_log_prob(z)
         for layer in self.flow.layers:
             z, ladj = layer.forward_and_log_det(z, self.context)
             lp = lp - ladj
@@ -129,11 +145,19 @@ class FlowDistribution(pdist.TransformedDistribution):
         if last is not None and x is last[0]:
             return last[1]
         self.flow._check_value(x, "x")
-        lp = 0.0
+        lp = None
         for layer in reversed(self.flow.layers):
             x, ladj = layer.inverse_and_log_det(x, self.context)
-            lp = lp - ladj
-        return lp + self.base_dist.log_prob(x)
+            lp = -ladj if lp is None else lp - ladj
+        base = self._base_log_prob(x)
+        return base if lp is None else base + lp
+
+    def _base_log_prob(self, v: Tensor) -> Tensor:
+        if not isinstance(self.flow.base, StandardNormal):
+            return self.base_dist.log_prob(v)
+        lp = self.flow.base.log_prob(v)
+        shape = broadcast_shapes(lp.shape, self.batch_shape)
+        return lp if lp.shape == shape else lp.expand(shape)
 
     def expand(self, batch_shape, _instance=None):
         """Independent copies over ``batch_shape`` (as Pyro's plates and vectorised
