@@ -38,6 +38,7 @@ RECIPES = {
     "plateau": dict(lr=1e-3, lr_patience=5, patience=20, batch_size=100),
     "plateau-short": dict(lr=1e-3, lr_patience=5, patience=10, batch_size=100),
     "batch200": dict(lr=5e-4, lr_patience=None, patience=20, batch_size=200),  # sbi's recipe
+    "batch200-lr1e-3": dict(lr=1e-3, lr_patience=None, patience=20, batch_size=200),
     "batch200-plateau": dict(lr=1e-3, lr_patience=5, patience=20, batch_size=200),
     "batch200-lr2e-3-plateau": dict(lr=2e-3, lr_patience=5, patience=20, batch_size=200),
     "batch400-lr2e-3-plateau": dict(lr=2e-3, lr_patience=5, patience=20, batch_size=400),
