@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from npe_vs_sbi import observations, simulations, to_sbi_prior  # the benchmark's simulations and sbibm observations
+from npe_vs_sbi import TASKS, observations, simulations, to_sbi_prior  # the benchmark's simulations and sbibm observations
 
 from flowvi import sbi as fsbi
 from flowvi.sbi import tasks as ftasks
@@ -48,7 +48,6 @@ ESTIMATORS = {
     "constant-lu": dict(flow_kwargs=dict(permute="lu")),  # a learnt LU mixing map between the couplings
 }
 RECIPES["constant-lu"] = RECIPES["constant"]
-TASKS = ["two_moons", "gaussian_linear", "gaussian_mixture", "slcp", "bernoulli_glm"]
 SIMS = [1000, 10000]
 TEST_SIZE = 20_000
 

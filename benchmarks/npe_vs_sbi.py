@@ -30,6 +30,7 @@ import torch
 from flowvi import sbi as fsbi
 from flowvi.sbi import tasks as ftasks
 
+TASKS = ["two_moons", "gaussian_linear", "gaussian_mixture", "slcp", "bernoulli_glm"]
 COLUMNS = ["task", "sims", "method", "obs", "c2st", "train_s", "epochs", "sample10k_s", "obs_source"]
 
 
@@ -108,7 +109,7 @@ def simulations(task, task_index: int, sims_index: int, sims: int, seed: int):
 
 def main(argv=None) -> pd.DataFrame:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tasks", default="two_moons,gaussian_linear,gaussian_mixture,slcp,bernoulli_glm")
+    ap.add_argument("--tasks", default=",".join(TASKS), help="a subset of the tasks (each keeps its simulations)")
     ap.add_argument("--sims", default="1000,10000")
     ap.add_argument("--observations", type=int, default=3)
     ap.add_argument("--n-samples", type=int, default=10_000, help="posterior and reference draws for C2ST")
@@ -128,7 +129,8 @@ def main(argv=None) -> pd.DataFrame:
     done = pd.read_csv(csv) if csv.exists() else pd.DataFrame(columns=COLUMNS)
     refs = Path(args.refs) if args.refs else None
     sims_list = [int(s) for s in args.sims.split(",")]
-    for ti, name in enumerate(args.tasks.split(",")):
+    for name in args.tasks.split(","):
+        ti = TASKS.index(name)  # a task's simulations do not depend on which others run
         task = ftasks.get_task(name)
         obs = None
         for si, sims in enumerate(sims_list):
