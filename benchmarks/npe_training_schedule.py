@@ -13,21 +13,18 @@ training simulations are those of ``benchmarks/npe_vs_sbi.py`` (same seeds).
     python benchmarks/npe_training_schedule.py two_moons 10000 plateau --csv docs/benchmarks/npe_training_recipes.csv
 
 prints one JSON line; ``--csv FILE`` also appends it to a table and ``--nll-dir DIR`` saves
-the per-pair NLLs (for paired differences). For sbi's density, the network's own
-``log_prob`` is used (no correction for mass outside a bounded prior, which makes it at
-worst pessimistic; the sbibm tasks' posteriors sit well inside their priors).
+the per-pair NLLs (for paired differences). Both estimators are trained as in
+``npe_vs_sbi.py`` (its ``train_flowvi`` / ``train_sbi``).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from npe_vs_sbi import TASKS, observations, simulations, to_sbi_prior  # the benchmark's simulations and sbibm observations
+from npe_vs_sbi import TASKS, observations, simulations, train_flowvi, train_sbi  # the benchmark's own
 
 from flowvi import sbi as fsbi
 from flowvi.sbi import tasks as ftasks
@@ -60,44 +57,6 @@ def test_pairs(task, task_index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return theta, task.simulator(theta)
 
 
-def train_sbi(task, theta, x, seed):
-    """sbi 0.27's NPE with its defaults; returns ``(-log q(theta|x) function, epochs, posterior sampler)``."""
-    from sbi.inference import NPE
-
-    torch.manual_seed(seed)
-    inference = NPE(prior=to_sbi_prior(task.prior), density_estimator="nsf", show_progress_bars=False)
-    inference.append_simulations(theta, x)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        net = inference.train(show_train_summary=False)
-    net.eval()
-    posterior = inference.build_posterior(net)
-
-    @torch.no_grad()
-    def nll(t, xs):
-        return torch.cat([net.loss(a, condition=b) for a, b in zip(t.split(2000), xs.split(2000))])
-
-    def sample(x_o, n):
-        torch.manual_seed(seed)
-        return posterior.sample((n,), x=x_o, show_progress_bars=False)
-
-    return nll, inference._summary["epochs_trained"][-1], None, sample
-
-
-def train_flowvi(task, theta, x, recipe, seed):
-    npe = fsbi.NPE(task.prior, "nsf", seed=seed, **ESTIMATORS.get(recipe, {})).append_simulations(theta, x)
-    npe.train(show_progress=False, **RECIPES[recipe])
-
-    @torch.no_grad()
-    def nll(t, xs):
-        return -npe.log_prob_batched(t, xs)
-
-    def sample(x_o, n):
-        return npe.posterior(x_o).sample((n,), seed=seed)
-
-    return nll, npe.history[-1].epochs, npe.history[-1].best_epoch, sample
-
-
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("task", choices=TASKS)
@@ -114,21 +73,19 @@ def main(argv=None) -> dict:
     task = ftasks.get_task(args.task)
     theta, x = simulations(task, TASKS.index(args.task), SIMS.index(args.sims), args.sims, 0)
     test_theta, test_x = test_pairs(task, TASKS.index(args.task))
-    t0 = time.perf_counter()
     if args.recipe == "sbi":
-        nll_fn, epochs, best_epoch, sample = train_sbi(task, theta, x, args.seed)
+        trained = train_sbi(task, theta, x, args.seed)
     else:
-        nll_fn, epochs, best_epoch, sample = train_flowvi(task, theta, x, args.recipe, args.seed)
-    seconds = time.perf_counter() - t0
-    nll = nll_fn(test_theta, test_x)
-    row = dict(task=args.task, sims=args.sims, recipe=args.recipe, seed=args.seed, train_s=round(seconds, 1),
-               epochs=epochs, best_epoch=best_epoch, test_nll=round(float(nll.mean()), 4),
+        trained = train_flowvi(task, theta, x, args.seed, RECIPES[args.recipe], ESTIMATORS.get(args.recipe))
+    nll = trained.nll(test_theta, test_x)
+    row = dict(task=args.task, sims=args.sims, recipe=args.recipe, seed=args.seed, train_s=round(trained.seconds, 1),
+               epochs=trained.epochs, best_epoch=trained.best_epoch, test_nll=round(float(nll.mean()), 4),
                test_nll_se=round(float(nll.std() / len(nll) ** 0.5), 4))
     if args.nll_dir:
         Path(args.nll_dir).mkdir(parents=True, exist_ok=True)
         np.save(Path(args.nll_dir) / f"{args.task}_{args.sims}_{args.recipe}_{args.seed}.npy", nll.numpy())
     if args.c2st:
-        scores = [fsbi.c2st(ref, sample(x_o, 10_000), seed=args.seed)
+        scores = [fsbi.c2st(ref, trained.sample(x_o, 10_000), seed=args.seed)
                   for _, x_o, ref, _ in observations(task, args.c2st, Path(args.refs), 10_000, 0)]
         row.update(c2st=" ".join(f"{s:.4f}" for s in scores), c2st_mean=round(float(np.mean(scores)), 4))
     print(json.dumps(row), flush=True)

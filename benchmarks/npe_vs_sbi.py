@@ -19,9 +19,11 @@ an environment with sbibm) instead of flowvi's own tasks' observations/reference
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -48,27 +50,46 @@ def to_sbi_prior(prior):
     raise TypeError(f"no sbi conversion for {type(prior).__name__}")
 
 
-def train_flowvi(task, theta, x, seed):
-    npe = fsbi.NPE(task.prior, "nsf", seed=seed)
+@dataclasses.dataclass
+class Trained:
+    """A trained posterior estimator as the benchmarks use it."""
+
+    sample: Callable[[torch.Tensor, int], torch.Tensor]  # (x_o, n) -> (n, d) posterior draws
+    nll: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (theta (N, d), x (N, ...)) -> -log q (N,)
+    seconds: float  # training wall time
+    epochs: int
+    best_epoch: int | None = None
+
+
+def train_flowvi(task, theta, x, seed, train_kwargs=None, npe_kwargs=None) -> Trained:
+    """flowvi's NPE ("nsf"; its defaults unless ``train_kwargs`` / ``npe_kwargs`` say otherwise)."""
+    npe = fsbi.NPE(task.prior, "nsf", seed=seed, **(npe_kwargs or {}))
     npe.append_simulations(theta, x)
     t0 = time.perf_counter()
-    npe.train(show_progress=False)
+    npe.train(show_progress=False, **(train_kwargs or {}))
     seconds = time.perf_counter() - t0
 
     def sample(x_o, n):
         return npe.posterior(x_o).sample((n,), seed=seed)
 
-    return sample, seconds, npe.history[-1].epochs
+    @torch.no_grad()
+    def nll(t, xs):
+        return -npe.log_prob_batched(t, xs)
+
+    h = npe.history[-1]
+    return Trained(sample, nll, seconds, h.epochs, h.best_epoch)
 
 
-def train_sbi(task, theta, x, seed):
+def train_sbi(task, theta, x, seed) -> Trained:
+    """sbi 0.27's NPE ("nsf", its defaults). ``nll`` is its network's density: no correction for
+    mass outside a bounded prior (at worst pessimistic; the sbibm posteriors sit inside their priors)."""
     from sbi.inference import NPE
 
     torch.manual_seed(seed)
     inference = NPE(prior=to_sbi_prior(task.prior), density_estimator="nsf", show_progress_bars=False)
     inference.append_simulations(theta, x)
     t0 = time.perf_counter()
-    inference.train(show_train_summary=False)
+    net = inference.train(show_train_summary=False)
     seconds = time.perf_counter() - t0
     posterior = inference.build_posterior()
 
@@ -76,7 +97,12 @@ def train_sbi(task, theta, x, seed):
         torch.manual_seed(seed)
         return posterior.sample((n,), x=x_o.unsqueeze(0), show_progress_bars=False)
 
-    return sample, seconds, int(inference._summary["epochs_trained"][-1])
+    @torch.no_grad()
+    def nll(t, xs):
+        net.eval()
+        return torch.cat([net.loss(a, condition=b) for a, b in zip(t.split(2000), xs.split(2000))])
+
+    return Trained(sample, nll, seconds, int(inference._summary["epochs_trained"][-1]))
 
 
 METHODS = {"flowvi": train_flowvi, "sbi": train_sbi}
@@ -142,7 +168,8 @@ def main(argv=None) -> pd.DataFrame:
             # alternate who goes first so slow drift in machine load does not favour one side
             order = todo if (ti + si) % 2 == 0 else todo[::-1]
             for method in order:
-                sample, seconds, epochs = METHODS[method](task, theta, x, args.seed)
+                trained = METHODS[method](task, theta, x, args.seed)
+                sample, seconds, epochs = trained.sample, trained.seconds, trained.epochs
                 rows = []
                 for i, x_o, ref, source in obs:
                     t0 = time.perf_counter()
