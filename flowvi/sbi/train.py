@@ -109,19 +109,21 @@ def train_estimator(
     loss: str = "npe",
     num_atoms: int = 10,
     combined_loss: bool = False,
-    batch_size: int = 100,
-    lr: float = 5e-4,
-    max_epochs: int = 1000,
-    patience: int = 20,
-    lr_patience: int | None = None,
-    lr_factor: float = 0.5,
-    clip: float | None = 5.0,
+    batch_size: int,
+    lr: float,
+    max_epochs: int,
+    patience: int,
+    lr_patience: int | None,
+    lr_factor: float,
+    clip: float | None,
     seed: int | None = 0,
     show_progress: bool = True,
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
 ) -> TrainingResult:
     """Train ``est`` in place and leave it at the best validation state.
+
+    The recipe arguments have no defaults here: ``NPE.train`` holds them, in one place.
 
     Args:
         est: the estimator (its z-scoring already fitted).
