@@ -145,12 +145,12 @@ class FlowDistribution(pdist.TransformedDistribution):
         if last is not None and x is last[0]:
             return last[1]
         self.flow._check_value(x, "x")
-        lp = None
+        ladj_sum = None
         for layer in reversed(self.flow.layers):
             x, ladj = layer.inverse_and_log_det(x, self.context)
-            lp = -ladj if lp is None else lp - ladj
+            ladj_sum = ladj if ladj_sum is None else ladj_sum + ladj
         base = self._base_log_prob(x)
-        return base if lp is None else base + lp
+        return base if ladj_sum is None else base - ladj_sum
 
     def _base_log_prob(self, v: Tensor) -> Tensor:
         if not isinstance(self.flow.base, StandardNormal):

@@ -41,8 +41,8 @@ _DERIV_SHIFT = inverse_softplus(1 - MIN_DERIVATIVE)
 # 0-dim operand takes the other operand's dtype (float32 stays float32) and device.
 _DERIV_SHIFT_T = torch.tensor(_DERIV_SHIFT, dtype=torch.float64)
 _MIN_DERIV_T = torch.tensor(MIN_DERIVATIVE, dtype=torch.float64)
-# neighbours of a bin index: its left and right interior knots
-_PAIR = torch.tensor([-1, 0])
+# neighbours of a bin index (its left and right interior knots), laid out along param_dim
+_PAIR = {-1: torch.tensor([-1, 0]), -2: torch.tensor([[-1], [0]])}
 
 
 def n_params(bins: int) -> int:
@@ -109,7 +109,7 @@ def rq_spline(x: Tensor, params: Tensor, bound: float, inverse: bool = False, pa
     idx = (xc >= knots.select(ax - 1, 1 if inverse else 0)).sum(ax, keepdim=True)
     # Gather the bin's interior ends (clamped), then put the implicit end knots in
     # with cheap elementwise selects on the small per-point tensors.
-    wanted = idx + (_PAIR if ax == -1 else _PAIR[:, None]).to(idx.device)
+    wanted = idx + _PAIR[ax].to(idx.device)  # .to is free on the CPU
     pair = wanted.clamp(0, K - 2)
     lead, tail = (shape, ()) if ax == -1 else (shape[:-1], shape[-1:])  # tail: the n axis
     gk = knots.expand(*lead, 2, K - 1, *tail).gather(ax, pair.unsqueeze(ax - 1).expand(*lead, 2, 2, *tail))

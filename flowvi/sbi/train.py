@@ -106,9 +106,9 @@ def train_estimator(
     est: PosteriorEstimator,
     data: TrainingData,
     *,
-    loss: str = "npe",
-    num_atoms: int = 10,
-    combined_loss: bool = False,
+    loss: str,
+    num_atoms: int,
+    combined_loss: bool,
     batch_size: int,
     lr: float,
     max_epochs: int,
@@ -123,7 +123,7 @@ def train_estimator(
 ) -> TrainingResult:
     """Train ``est`` in place and leave it at the best validation state.
 
-    The recipe arguments have no defaults here: ``NPE.train`` holds them, in one place.
+    The loss and recipe arguments have no defaults here: ``NPE.train`` holds them, in one place.
 
     Args:
         est: the estimator (its z-scoring already fitted).
