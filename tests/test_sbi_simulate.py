@@ -116,8 +116,70 @@ def test_executors_give_the_same_simulations():
     # reproducible there; the simulator's own noise is per process
     assert torch.equal(serial.theta, threaded.theta)
     assert torch.allclose(serial.x, threaded.x, atol=0.1)
-    with pytest.raises(RuntimeError, match="picklable"):
+
+
+def test_unpicklable_simulator_is_refused_before_a_process_pool_sees_it(monkeypatch):
+    # on Python < 3.12 a work item that fails to pickle can deadlock the pool's shutdown
+    # (CPython gh-116685); it hung our CI, so no such item may reach a pool
+    import importlib
+
+    simulate_module = importlib.import_module("flowvi.sbi.simulate")
+
+    def no_pool(*args):
+        raise AssertionError("a process pool was started for an unpicklable simulator")
+
+    monkeypatch.setattr(simulate_module, "_process_pool", no_pool)
+    with pytest.raises(TypeError, match="picklable simulator.*lambda"):
         sbi.simulate(lambda t: t, PRIOR, 20, batch_size=10, workers=2)
+    with cf.ProcessPoolExecutor(1) as ex:
+        with pytest.raises(TypeError, match="picklable simulator"):
+            sbi.simulate(lambda t: t, PRIOR, 20, batch_size=10, executor=ex)
+        assert not ex._processes  # nothing was submitted, so no worker ever started
+    with cf.ThreadPoolExecutor(2) as ex:  # threads need no pickling
+        assert sbi.simulate(lambda t: 2 * t, PRIOR, 20, batch_size=10, executor=ex).summary.valid == 20
+
+
+def test_parameters_are_drawn_before_any_simulator_thread_runs():
+    # a simulator thread that reseeds or consumes the global generator while the driver
+    # draws would change the parameters; the draws must not overlap a running batch
+    import threading
+    import time
+
+    running = {"n": 0, "overlaps": 0}
+    lock = threading.Lock()
+
+    class WatchedPrior:
+        def sample(self, shape):
+            with lock:
+                running["overlaps"] += running["n"] > 0
+            return PRIOR.sample(shape)
+
+    def slow(theta):
+        with lock:
+            running["n"] += 1
+        torch.randn(1000)
+        time.sleep(0.02)
+        with lock:
+            running["n"] -= 1
+        return 2 * theta
+
+    serial = sbi.simulate(slow, WatchedPrior(), 80, batch_size=10, seed=2)
+    with cf.ThreadPoolExecutor(2) as ex:
+        threaded = sbi.simulate(slow, WatchedPrior(), 80, batch_size=10, seed=2, executor=ex)
+    assert running["overlaps"] == 0
+    assert torch.equal(serial.theta, threaded.theta) and torch.equal(serial.x, threaded.x)
+
+
+def test_in_process_campaign_leaves_the_callers_random_streams_alone():
+    import numpy as np
+
+    torch.manual_seed(11)
+    np.random.seed(11)
+    expected = (torch.rand(3), np.random.rand(3))
+    torch.manual_seed(11)
+    np.random.seed(11)
+    sbi.simulate(doubling, PRIOR, 30, batch_size=10, seed=4)
+    assert torch.equal(torch.rand(3), expected[0]) and np.array_equal(np.random.rand(3), expected[1])
 
 
 def test_worker_processes_are_not_forks_of_a_threaded_parent(monkeypatch):

@@ -32,10 +32,17 @@ def seeded(seed: int | None, *keys: int) -> Iterator[None]:
         yield
         return
     s = derive_seed(seed, *keys)
-    np_state = np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
+    with preserved():
         torch.manual_seed(s)
         np.random.seed(s % (2**32))
+        yield
+
+
+@contextlib.contextmanager
+def preserved() -> Iterator[None]:
+    """Put torch's CPU and numpy's global generator states back after the body."""
+    np_state = np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
         try:
             yield
         finally:

@@ -10,7 +10,11 @@
   simulator must then be picklable (a module-level function or a partial of one).
   Each batch seeds torch's and numpy's global generators in the process that runs
   it, so the simulator's noise is reproducible in worker processes; threads share
-  those generators, so with a thread pool only the parameters are reproducible.
+  those generators, so with a thread pool only the parameters are reproducible
+  (they are all drawn before the first batch starts, so no simulator thread can
+  consume the driver's stream mid-draw). A simulator that a process pool cannot
+  pickle is refused before any worker starts: on Python < 3.12 such a work item can
+  deadlock the pool's shutdown (CPython gh-116685).
 * With ``store=``, each batch is written to a ``SimulationStore`` as it finishes;
   calling ``simulate`` again with the same ``n``, ``batch_size`` and ``seed``
   skips finished batches and draws the same parameters for the rest.
@@ -34,7 +38,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ._rng import derive_seed, seeded
+from ._rng import derive_seed, preserved, seeded
 from .store import SimulationStore
 
 
@@ -99,6 +103,18 @@ def _run_batch(simulator: Callable, theta: Tensor, sim_seed: int) -> tuple[str, 
         tb = traceback.format_exception_only(type(err), err)[-1].strip()
         return "error", tb
     return "ok", x
+
+
+def _require_picklable(simulator) -> None:
+    import pickle
+
+    try:
+        pickle.dumps(simulator)
+    except Exception as err:
+        raise TypeError(
+            f"a process pool needs a picklable simulator (a module-level function or a functools.partial "
+            f"of one, not a lambda or closure); pickling {simulator!r} failed with {type(err).__name__}: {err}"
+        ) from err
 
 
 def _draw(prior, b: int, seed: int, k: int) -> Tensor:
@@ -218,24 +234,31 @@ def simulate(
     bar = tqdm(total=n_batches, initial=len(done), disable=not show_progress, desc="simulate", unit="batch")
     own = None
     if executor is None and workers is not None and int(workers) > 1:
+        _require_picklable(simulator)
         executor = own = _process_pool(int(workers), simulator)
+    elif isinstance(executor, cf.ProcessPoolExecutor):
+        _require_picklable(simulator)
     try:
         if executor is None:
-            for k in todo:
-                theta = _draw(prior, sizes[k], seed, k)
-                finish(k, theta, *_run_batch(simulator, theta, derive_seed(seed, 1, k)))
-                bar.update(1)
+            # in-process batches reseed the global generators; the caller's streams are put back after
+            with preserved():
+                for k in todo:
+                    theta = _draw(prior, sizes[k], seed, k)
+                    finish(k, theta, *_run_batch(simulator, theta, derive_seed(seed, 1, k)))
+                    bar.update(1)
         else:
-            # keep a bounded number of batches in flight: parameters are drawn lazily and results
-            # written as they arrive, so memory does not grow with the campaign
+            # every batch's parameters are drawn before the first one runs: a thread executor's
+            # simulators share (and reseed) the global generator the draws come from. The
+            # parameters cost no more memory than the returned ``theta``. Results are written as
+            # they arrive, with a bounded number of batches in flight.
+            thetas = {k: _draw(prior, sizes[k], seed, k) for k in todo}
             limit = 2 * int(workers or getattr(executor, "_max_workers", 0) or 4)
             queue = iter(todo)
-            pending: dict[cf.Future, tuple[int, Tensor]] = {}
+            pending: dict[cf.Future, int] = {}
 
             def submit_more() -> None:
                 for k in queue:
-                    theta = _draw(prior, sizes[k], seed, k)
-                    pending[executor.submit(_run_batch, simulator, theta, derive_seed(seed, 1, k))] = (k, theta)
+                    pending[executor.submit(_run_batch, simulator, thetas[k], derive_seed(seed, 1, k))] = k
                     if len(pending) >= limit:
                         return
 
@@ -243,7 +266,7 @@ def simulate(
             while pending:
                 ready, _ = cf.wait(list(pending), return_when=cf.FIRST_COMPLETED)
                 for fut in ready:
-                    k, theta = pending.pop(fut)
+                    k = pending.pop(fut)
                     try:
                         status, out = fut.result()
                     except Exception as err:
@@ -253,7 +276,7 @@ def simulate(
                             f"batch {k} could not run on the executor ({type(err).__name__}: {err}); a process "
                             "pool needs a picklable simulator (a module-level function, not a lambda or closure)"
                         ) from err
-                    finish(k, theta, status, out)
+                    finish(k, thetas.pop(k), status, out)
                     bar.update(1)
                 submit_more()
     finally:
