@@ -31,14 +31,16 @@ from flowvi.sbi import tasks as ftasks
 
 RECIPES = {
     # every recipe spelt out in full, so rows stay what they were when NPE.train's defaults move
-    "constant": dict(lr=5e-4, lr_patience=None, patience=20, batch_size=100),
-    "plateau": dict(lr=1e-3, lr_patience=5, patience=20, batch_size=100),
-    "plateau-short": dict(lr=1e-3, lr_patience=5, patience=10, batch_size=100),
-    "batch200": dict(lr=5e-4, lr_patience=None, patience=20, batch_size=200),  # sbi's recipe
-    "batch200-lr1e-3": dict(lr=1e-3, lr_patience=None, patience=20, batch_size=200),
-    "batch200-plateau": dict(lr=1e-3, lr_patience=5, patience=20, batch_size=200),
-    "batch200-lr2e-3-plateau": dict(lr=2e-3, lr_patience=5, patience=20, batch_size=200),
-    "batch400-lr2e-3-plateau": dict(lr=2e-3, lr_patience=5, patience=20, batch_size=400),
+    "constant": dict(lr=5e-4, lr_patience=None, patience=20, batch_size=100, ema_half_life=None),
+    "plateau": dict(lr=1e-3, lr_patience=5, patience=20, batch_size=100, ema_half_life=None),
+    "plateau-short": dict(lr=1e-3, lr_patience=5, patience=10, batch_size=100, ema_half_life=None),
+    "batch200": dict(lr=5e-4, lr_patience=None, patience=20, batch_size=200, ema_half_life=None),  # sbi's recipe
+    "batch200-lr1e-3": dict(lr=1e-3, lr_patience=None, patience=20, batch_size=200, ema_half_life=None),
+    "batch200-plateau": dict(lr=1e-3, lr_patience=5, patience=20, batch_size=200, ema_half_life=None),
+    "batch200-lr2e-3-plateau": dict(lr=2e-3, lr_patience=5, patience=20, batch_size=200, ema_half_life=None),
+    "batch400-lr2e-3-plateau": dict(lr=2e-3, lr_patience=5, patience=20, batch_size=400, ema_half_life=None),
+    # NPE.train's defaults: the recipe above with a moving average of the weights
+    "batch200-lr2e-3-plateau-ema1": dict(lr=2e-3, lr_patience=5, patience=20, batch_size=200, ema_half_life=1.0),
 }
 # recipes that also change the estimator (NPE's arguments); the others use NPE's defaults
 ESTIMATORS = {

@@ -224,3 +224,50 @@ def test_mlp_embedding_skip_passes_raw_x_for_small_observations():
     assert sbi.MLPEmbedding((10, 10), out_features=5, skip=True)(torch.randn(2, 10, 10)).shape == (2, 105)
     with pytest.raises(ValueError, match="skip"):
         sbi.MLPEmbedding((3,), skip="yes")
+
+
+def test_weight_average_is_the_exponential_average_of_the_steps(tmp_path):
+    # recompute the average from the raw weights after every Adam step: e_1 = w_1, e_t = d e_(t-1) + (1 - d) w_t, d = 0.5 ** (1 / (half_life * steps/epoch))
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    prior = sbi.BoxUniform(-torch.ones(1), torch.ones(1))
+    theta = prior.sample((250,))
+    x = theta + 0.1 * torch.randn(theta.shape, generator=torch.Generator().manual_seed(7))
+    npe = sbi.NPE(prior, "affine", hidden=(8,), layers=1, embedding_net=None, seed=3).append_simulations(theta, x)
+    npe.train(max_epochs=1, show_progress=False)  # builds the estimator; the average is per call
+    est = npe.estimator
+    names = [n for n, p in est.named_parameters()]
+    start = [p.detach().double().clone() for p in est.parameters()]
+    steps = []
+    handle = register_optimizer_step_post_hook(
+        lambda opt, args, kwargs: steps.append([p.detach().double().clone() for p in est.parameters()]))
+    ckpt = tmp_path / "t.ckpt"
+    try:
+        npe.train(max_epochs=2, patience=1000, batch_size=50, ema_half_life=0.7, show_progress=False, checkpoint=ckpt)
+    finally:
+        handle.remove()
+    n_train = int(npe.history[-1].n_train)
+    per_epoch = -(-n_train // 50)
+    assert len(steps) == 2 * per_epoch
+    d = 0.5 ** (1 / (0.7 * per_epoch))
+    ema, at_epoch_end = steps[0], [start]
+    for t, w in enumerate(steps[1:], start=2):
+        ema = [d * e + (1 - d) * wi for e, wi in zip(ema, w)]
+        if t % per_epoch == 0:
+            at_epoch_end.append(ema)
+    saved = torch.load(ckpt, weights_only=False)
+    for name, e, w in zip(names, ema, steps[-1]):
+        avg = saved["average"]["module"][name].double()
+        assert torch.allclose(avg, e, atol=1e-6), name
+        assert torch.equal(saved["model"][name].double(), w)  # Adam steps the raw weights
+    assert max(float((e - w).abs().max()) for e, w in zip(ema, steps[-1])) > 1e-4  # the two differ
+    # the estimator ends at the average of the epoch that validated best (0: the weights it started from)
+    assert npe.history[-1].best_epoch > 0  # training improved on the starting weights
+    best = at_epoch_end[npe.history[-1].best_epoch]
+    for name, e in zip(names, best):
+        assert torch.allclose(dict(est.named_parameters())[name].detach().double(), e, atol=1e-6), name
+    with pytest.raises(ValueError, match="ema_half_life"):
+        npe.train(ema_half_life=0.0, show_progress=False)
+    with pytest.raises(sbi.CheckpointError, match="without weight averaging"):
+        npe.train(max_epochs=1, ema_half_life=None, show_progress=False, checkpoint=tmp_path / "raw.ckpt")
+        npe.train(max_epochs=2, ema_half_life=1.0, show_progress=False, checkpoint=tmp_path / "raw.ckpt", resume=True)

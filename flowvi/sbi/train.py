@@ -1,6 +1,6 @@
 """The training loop shared by NPE and SNPE: minibatch Adam with gradient clipping,
-a held-out validation split, early stopping on the validation loss, a progress
-bar and resumable checkpoints.
+a moving average of the weights, a held-out validation split, early stopping on
+the validation loss, a progress bar and resumable checkpoints.
 
 Everything is batched tensor work: the data live as tensors, a batch is an index
 slice, the atomic loss draws its atoms for a whole batch in one call.
@@ -70,6 +70,39 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be resumed from (other data, other version, other model)."""
 
 
+class _WeightAverage:
+    """An exponential moving average of ``module``'s parameters, held in a copy of it.
+
+    The first ``update`` copies the weights; each later one moves the average a share
+    ``1 - decay`` towards them, as torch's ``AveragedModel`` with ``get_ema_multi_avg_fn`` does.
+    That class walks and regroups the parameters on every step (1.4 ms here, 8% of an NPE
+    step); the two parameter lists are built once here, so a step costs one fused lerp.
+    """
+
+    def __init__(self, module: torch.nn.Module, decay: float):
+        self.module = copy.deepcopy(module)
+        self.decay = decay
+        self.count = 0
+        self._avg = [p.detach() for p in self.module.parameters()]
+        self._src = [p.detach() for p in module.parameters()]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        if self.count == 0:
+            for a, w in zip(self._avg, self._src):
+                a.copy_(w)
+        else:
+            torch._foreach_lerp_(self._avg, self._src, 1.0 - self.decay)
+        self.count += 1
+
+    def state_dict(self) -> dict:
+        return {"module": self.module.state_dict(), "count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["module"])
+        self.count = int(state["count"])
+
+
 def _batches(n: int, batch_size: int, g: torch.Generator) -> list[Tensor]:
     perm = torch.randperm(n, generator=g)
     return list(perm.split(batch_size))
@@ -116,6 +149,7 @@ def train_estimator(
     lr_patience: int | None,
     lr_factor: float,
     clip: float | None,
+    ema_half_life: float | None,
     seed: int | None = 0,
     show_progress: bool = True,
     checkpoint: str | os.PathLike | None = None,
@@ -135,6 +169,9 @@ def train_estimator(
             validation loss, or after ``max_epochs``.
         lr_patience, lr_factor: multiply the step size by ``lr_factor`` after every
             ``lr_patience`` epochs in a row without a better validation loss (None: constant).
+        ema_half_life: keep an exponential moving average of the weights whose half-life is
+            this many epochs; validation scores the average, and the best average is what
+            ``est`` ends with. Adam steps the raw weights. None: no averaging.
         seed: drives batch order and atoms (None: unseeded).
         show_progress: tqdm bar over epochs (silent when False).
         checkpoint: file saved atomically after every epoch (current and best state,
@@ -145,6 +182,8 @@ def train_estimator(
         raise ValueError(f"loss must be 'npe' or 'atomic', got {loss!r}")
     if lr_patience is not None and (int(lr_patience) < 1 or not 0 < lr_factor < 1):
         raise ValueError(f"need lr_patience >= 1 and 0 < lr_factor < 1, got {lr_patience!r}, {lr_factor!r}")
+    if ema_half_life is not None and not ema_half_life > 0:
+        raise ValueError(f"ema_half_life must be a positive number of epochs or None, got {ema_half_life!r}")
     train_idx = (~data.is_val).nonzero().squeeze(1)
     val_idx = data.is_val.nonzero().squeeze(1)
     if train_idx.numel() == 0:
@@ -152,6 +191,14 @@ def train_estimator(
     if loss == "atomic" and train_idx.numel() < 2:
         raise ValueError("the atomic loss needs at least 2 training rows")
     opt = adam(est.parameters(), lr)
+    average = None
+    if ema_half_life is not None:
+        # per-step decay for a half-life counted in epochs, so the average spans the same share
+        # of training whatever the data size and minibatch
+        steps_per_epoch = -(-train_idx.numel() // batch_size)
+        decay = 0.5 ** (1.0 / (float(ema_half_life) * steps_per_epoch))
+        average = _WeightAverage(est, decay)
+    scored = est if average is None else average.module
     g = generator(seed, 104729)
     state = dict(epoch=0, best_val=float("inf"), best_epoch=0, bad=0, train_loss=[], val_loss=[], done=False)
     best_state = copy.deepcopy(est.state_dict())
@@ -174,6 +221,10 @@ def train_estimator(
         except RuntimeError as err:
             raise CheckpointError(f"{ckpt} holds a differently built estimator: {err}") from None
         opt.load_state_dict(saved["optimizer"])
+        if average is not None:
+            if saved.get("average") is None:
+                raise CheckpointError(f"{ckpt} was written without weight averaging; resume with ema_half_life=None")
+            average.load_state_dict(saved["average"])
         best_state = saved["best_model"]
         state.update(saved["state"])
         g.set_state(saved["generator"])
@@ -201,10 +252,12 @@ def train_estimator(
                 if clip is not None:
                     torch.nn.utils.clip_grad_norm_(params, clip)
                 opt.step()
+                if average is not None:
+                    average.update()
                 running = running + value.detach() * rows.numel()
             state["epoch"] += 1
             state["train_loss"].append(float(running) / train_idx.numel())
-            val = _val_loss(est, data, val_idx, loss, num_atoms, combined_loss, batch_size, seed)
+            val = _val_loss(scored, data, val_idx, loss, num_atoms, combined_loss, batch_size, seed)
             state["val_loss"].append(val)
             score = val if val_idx.numel() else state["train_loss"][-1]
             if not (score == score) or score == float("inf"):
@@ -214,7 +267,7 @@ def train_estimator(
                 )
             if score < state["best_val"]:
                 state.update(best_val=score, best_epoch=state["epoch"], bad=0)
-                best_state = copy.deepcopy(est.state_dict())
+                best_state = copy.deepcopy(scored.state_dict())
             else:
                 state["bad"] += 1
                 if val_idx.numel() and state["bad"] >= patience:
@@ -228,7 +281,8 @@ def train_estimator(
                 save_atomic(
                     {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "loss": loss,
                      "fingerprint": fingerprint, "model": est.state_dict(), "best_model": best_state,
-                     "optimizer": opt.state_dict(), "state": state, "generator": g.get_state()},
+                     "optimizer": opt.state_dict(), "state": state, "generator": g.get_state(),
+                     "average": None if average is None else average.state_dict()},
                     ckpt,
                 )
     finally:
