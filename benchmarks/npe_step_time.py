@@ -4,7 +4,8 @@ The head-to-head benchmark (``npe_vs_sbi.py``) times whole trainings, which mixe
 cost of a step with how many steps each library's early stopping takes. This script
 isolates the first factor: both estimators ("nsf", each library's defaults) are built
 on the same simulations of each task, then timed in alternating blocks of steps
-(loss, backward, gradient clipping, Adam; a fresh random minibatch each step), one
+(loss, backward, gradient clipping, Adam, and for flowvi the update of the moving
+average of the weights that ``NPE.train`` keeps; a fresh random minibatch each step), one
 torch thread. Both at minibatch 100 and at 200 (the default of both libraries).
 
     python benchmarks/npe_step_time.py --out docs/benchmarks
@@ -27,6 +28,7 @@ from flowvi import sbi as fsbi
 from flowvi._optim import adam  # the optimiser NPE.train uses (flowvi.sbi.train)
 from flowvi.sbi import tasks as ftasks
 from flowvi.sbi.losses import npe_loss
+from flowvi.sbi.train import _WeightAverage  # the weight average NPE.train keeps
 
 
 
@@ -37,6 +39,7 @@ def flowvi_step(task, theta, x, seed):
     est = npe.estimator.train()
     z, _ = est.to_z(theta)
     opt, params = adam(est.parameters(), 5e-4), list(est.parameters())
+    average = _WeightAverage(est, 0.99)
 
     def step(idx):
         loss = npe_loss(est, z[idx], x[idx]).mean()
@@ -44,6 +47,7 @@ def flowvi_step(task, theta, x, seed):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 5.0)
         opt.step()
+        average.update()
 
     return step
 
