@@ -105,16 +105,17 @@ def _run_batch(simulator: Callable, theta: Tensor, sim_seed: int) -> tuple[str, 
     return "ok", x
 
 
+_PICKLE_HINT = ("a process pool needs a picklable simulator (a module-level function or a functools.partial "
+                "of one, not a lambda or closure)")
+
+
 def _require_picklable(simulator) -> None:
     import pickle
 
     try:
         pickle.dumps(simulator)
     except Exception as err:
-        raise TypeError(
-            f"a process pool needs a picklable simulator (a module-level function or a functools.partial "
-            f"of one, not a lambda or closure); pickling {simulator!r} failed with {type(err).__name__}: {err}"
-        ) from err
+        raise TypeError(f"{_PICKLE_HINT}; pickling {simulator!r} failed with {type(err).__name__}: {err}") from err
 
 
 def _draw(prior, b: int, seed: int, k: int) -> Tensor:
@@ -232,12 +233,12 @@ def simulate(
             in_memory[k] = (theta[keep], x)
 
     bar = tqdm(total=n_batches, initial=len(done), disable=not show_progress, desc="simulate", unit="batch")
+    own_pool = executor is None and workers is not None and int(workers) > 1
+    if own_pool or isinstance(executor, cf.ProcessPoolExecutor):
+        _require_picklable(simulator)
     own = None
-    if executor is None and workers is not None and int(workers) > 1:
-        _require_picklable(simulator)
+    if own_pool:
         executor = own = _process_pool(int(workers), simulator)
-    elif isinstance(executor, cf.ProcessPoolExecutor):
-        _require_picklable(simulator)
     try:
         if executor is None:
             # in-process batches reseed the global generators; the caller's streams are put back after
@@ -273,8 +274,7 @@ def simulate(
                         for f in pending:
                             f.cancel()
                         raise RuntimeError(
-                            f"batch {k} could not run on the executor ({type(err).__name__}: {err}); a process "
-                            "pool needs a picklable simulator (a module-level function, not a lambda or closure)"
+                            f"batch {k} could not run on the executor ({type(err).__name__}: {err}); {_PICKLE_HINT}"
                         ) from err
                     finish(k, thetas.pop(k), status, out)
                     bar.update(1)
