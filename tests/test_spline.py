@@ -153,6 +153,19 @@ def test_parameter_gradients_match_finite_differences(inverse):
     assert torch.autograd.gradcheck(lambda q: rq_spline(x, q, B, inverse=inverse), (p,))
 
 
+@pytest.mark.parametrize("inverse", [False, True])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_gradients_in_point_and_parameters_match_finite_differences(inverse, seed):
+    """Gradients of the value and the log-derivative with respect to the point and the
+    parameters together (both directions), with points in every bin, first and last
+    included, and broadcast parameters; points outside the bound are covered above."""
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(3, 12, generator=g, dtype=F64) * 2 - 1) * (B - 0.05)
+    x[0, :2] = torch.tensor([-B, B], dtype=F64) * (1 - 1e-3)  # inside the end bins whatever the widths
+    p = raw(12, bins=5, scale=1.5, seed=seed + 10).requires_grad_()
+    assert torch.autograd.gradcheck(lambda v, q: rq_spline(v, q, B, inverse=inverse), (x.requires_grad_(), p))
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     scale=st.floats(0.0, 6.0),
