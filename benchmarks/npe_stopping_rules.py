@@ -42,7 +42,9 @@ def record(task_name: str, sims: int, seed: int, patience: int, test_size: int) 
     val, test = [], []
     original = sbi_train._val_loss
 
-    def scored(est, data, val_idx, *args, **kwargs):  # the training loop's own validation call
+    # NPE.train has no per-epoch hook, so the loop's (private) validation function is wrapped: it
+    # runs once on the starting weights and then once per epoch, on the weights training keeps
+    def scored(est, data, val_idx, *args, **kwargs):
         value = original(est, data, val_idx, *args, **kwargs)
         with torch.no_grad():
             test.append(float(-est.log_prob(test_theta, test_x).mean()))
