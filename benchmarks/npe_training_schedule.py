@@ -43,6 +43,11 @@ RECIPES = {
     "batch200-lr2e-3-plateau-ema1": dict(lr=2e-3, lr_patience=5, patience=20, batch_size=200, ema_half_life=1.0),
     # a larger step that the average might make affordable, with NPE.train's patience of 10
     "batch200-lr4e-3-plateau-ema1-p10": dict(lr=4e-3, lr_patience=5, patience=10, batch_size=200, ema_half_life=1.0),
+    # smaller fixed steps with the average, for the step-size rule below (gaussian_linear 10k)
+    "batch200-lr1e-3-plateau-ema1-p10": dict(lr=1e-3, lr_patience=5, patience=10, batch_size=200, ema_half_life=1.0),
+    "batch200-lr5e-4-plateau-ema1-p10": dict(lr=5e-4, lr_patience=5, patience=10, batch_size=200, ema_half_life=1.0),
+    # NPE.train's defaults since lr="auto": the step starts at 0.12 / sqrt(training rows), within [5e-4, 4e-3]
+    "batch200-auto-plateau-ema1-p10": dict(lr="auto", lr_patience=5, patience=10, batch_size=200, ema_half_life=1.0),
 }
 # recipes that also change the estimator (NPE's arguments); the others use NPE's defaults
 ESTIMATORS = {

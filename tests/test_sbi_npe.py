@@ -96,6 +96,24 @@ def test_bounded_prior_posterior_stays_in_support():
     assert torch.isfinite(lp[0]) and torch.isinf(lp[1:]).all() and (lp[1:] < 0).all()
 
 
+def test_auto_lr_shrinks_with_the_training_rows_and_is_what_train_uses():
+    assert sbi.auto_lr(900) == pytest.approx(4e-3) and sbi.auto_lr(50) == pytest.approx(4e-3)  # capped
+    assert sbi.auto_lr(9000) == pytest.approx(4e-3 / 10**0.5)
+    assert sbi.auto_lr(10**7) == pytest.approx(5e-4)  # floored
+    assert all(sbi.auto_lr(n) >= sbi.auto_lr(n + 500) for n in range(1, 100_000, 997))
+    prior = sbi.BoxUniform(-torch.ones(1), torch.ones(1))
+    theta = prior.sample((400,))
+    x = theta + 0.1 * torch.randn(theta.shape, generator=torch.Generator().manual_seed(1234))
+    npe = sbi.NPE(prior, "affine", hidden=(8,), layers=1, embedding_net=None).append_simulations(theta, x)
+    npe.train(max_epochs=1, show_progress=False)
+    assert npe.history[-1].lr == sbi.auto_lr(npe.history[-1].n_train) and npe.history[-1].n_train < 400
+    npe.train(max_epochs=1, lr=1e-3, show_progress=False)
+    assert npe.history[-1].lr == 1e-3
+    for bad in ("fast", 0.0, -1e-3):
+        with pytest.raises(ValueError, match="lr must be a positive number or 'auto'"):
+            npe.train(max_epochs=1, lr=bad, show_progress=False)
+
+
 def test_bad_inputs():
     prior = sbi.BoxUniform(torch.zeros(2), torch.ones(2))
     theta = prior.sample((60,))

@@ -115,3 +115,14 @@ def test_atomic_loss_recovers_posterior_from_a_fixed_proposal(seed):
     m, v, v0 = float(draws.mean()), float(draws.var()), 4 * 0.25 / 4.25
     kl = 0.5 * (v / v0 + m * m / v0 - 1 - math.log(v / v0))
     assert kl < 0.025, (m, v, kl)
+
+
+def test_rounds_use_a_fixed_step_unless_told_otherwise():
+    # SNPE keeps lr=2e-3 in every round (see SNPE.run); NPE.train's "auto" rule only when asked
+    kw = dict(hidden=(8,), layers=1, embedding_net=None, final_affine=False)
+    snpe = sbi.SNPE(PRIOR, narrow, "affine", **kw)
+    snpe.run(X_O, rounds=2, simulations_per_round=120, seed=0, train_kwargs=dict(max_epochs=1))
+    assert [h.lr for h in snpe.npe.history] == [sbi.snpe.SNPE_LR] * 2 == [2e-3] * 2
+    snpe = sbi.SNPE(PRIOR, narrow, "affine", **kw)
+    snpe.run(X_O, rounds=2, simulations_per_round=120, seed=0, train_kwargs=dict(max_epochs=1, lr="auto"))
+    assert [h.lr for h in snpe.npe.history] == [sbi.auto_lr(h.n_train) for h in snpe.npe.history]

@@ -5,7 +5,7 @@ from .c2st import c2st
 from .diagnostics import expected_coverage, plot_sbc, sbc, sbc_ranks, sbc_uniformity
 from .embedding import CNN1DEmbedding, DeepSetEmbedding, IdentityEmbedding, MLPEmbedding
 from .estimator import PosteriorEstimator
-from .npe import NPE, InvalidSimulationsWarning, ProposalWarning
+from .npe import NPE, InvalidSimulationsWarning, ProposalWarning, auto_lr
 from .posterior import Posterior
 from .priors import BoxUniform
 from .simulate import SimulationSummary, SimulationWarning, Simulations, simulate
@@ -18,5 +18,5 @@ __all__ = [
     "tasks", "NPE", "SNPE", "Posterior", "PosteriorEstimator", "BoxUniform", "simulate", "Simulations", "SimulationSummary",
     "SimulationWarning", "SimulationStore", "InvalidSimulationsWarning", "ProposalWarning", "c2st", "sbc", "sbc_ranks", "sbc_uniformity",
     "plot_sbc", "expected_coverage", "MLPEmbedding", "CNN1DEmbedding", "DeepSetEmbedding", "IdentityEmbedding",
-    "ZScore", "TrainingResult", "CheckpointError",
+    "ZScore", "TrainingResult", "CheckpointError", "auto_lr",
 ]

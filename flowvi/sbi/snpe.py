@@ -22,6 +22,9 @@ from .posterior import Posterior, check_observation
 from .simulate import simulate
 
 
+SNPE_LR = 2e-3  # the step of every round unless train_kwargs give one (see ``SNPE.run``)
+
+
 class SNPE:
     """Sequential posterior estimation for one observation.
 
@@ -64,7 +67,11 @@ class SNPE:
             rounds: number of rounds (1 = plain NPE).
             simulations_per_round: an int, or one int per round.
             seed: seeds the simulations of every round and the training.
-            train_kwargs: passed to ``NPE.train`` (e.g. ``max_epochs``, ``patience``).
+            train_kwargs: passed to ``NPE.train`` (e.g. ``max_epochs``, ``patience``). The
+                step size defaults to a fixed ``lr=2e-3`` in every round, not ``NPE.train``'s
+                ``"auto"``: the first rounds hold few rows, which would get the largest step,
+                and on the flu case study (2,000 simulations in 4 rounds, seeds 0-3) that
+                gave a worse posterior in 4 of 4 seeds (C2ST 0.660 against 0.614 on average).
             simulate_kwargs: passed to ``simulate`` (e.g. ``workers``, ``batch_size``).
         """
         if int(rounds) < 1:
@@ -74,6 +81,7 @@ class SNPE:
             raise ValueError(f"simulations_per_round has {len(sims)} entries for {rounds} rounds")
         train_kwargs = dict(train_kwargs or {})
         train_kwargs.setdefault("show_progress", show_progress)
+        train_kwargs.setdefault("lr", SNPE_LR)
         simulate_kwargs = dict(simulate_kwargs or {})
         simulate_kwargs.setdefault("batch_size", min(1000, max(sims)))
         x_o = torch.as_tensor(x_o, dtype=torch.get_default_dtype())

@@ -64,6 +64,7 @@ class TrainingResult:
     seconds: float
     n_train: int
     n_val: int
+    lr: float | None = None  # the starting step size (what ``lr="auto"`` resolved to)
 
 
 class CheckpointError(RuntimeError):
@@ -299,5 +300,5 @@ def train_estimator(
     return TrainingResult(
         loss=loss, epochs=state["epoch"], best_epoch=state["best_epoch"], best_val_loss=state["best_val"],
         train_loss=list(state["train_loss"]), val_loss=list(state["val_loss"]), stopped=stopped,
-        seconds=time.perf_counter() - t0, n_train=int(train_idx.numel()), n_val=int(val_idx.numel()),
+        seconds=time.perf_counter() - t0, n_train=int(train_idx.numel()), n_val=int(val_idx.numel()), lr=float(lr),
     )
