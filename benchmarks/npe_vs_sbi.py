@@ -12,7 +12,9 @@ Run it in an environment that has sbi 0.27 and flowvi, e.g.
     python benchmarks/npe_vs_sbi.py --out docs/benchmarks --observations 10
 
 Rows are appended to ``<out>/npe_vs_sbi.csv`` as they finish and finished rows are
-skipped on a rerun, so an interrupted run resumes. ``--refs DIR`` uses observations
+skipped on a rerun, so an interrupted run resumes. ``--seed`` draws other simulations and
+trains both sides with another seed; runs with several seeds go into the same CSV, and the
+summary gives the C2ST over all of them and the median of the per-seed time ratios. ``--refs DIR`` uses observations
 and reference samples exported from sbibm (``benchmarks/sbibm_export.py``, run in
 an environment with sbibm) instead of flowvi's own tasks' observations/references.
 """
@@ -34,7 +36,7 @@ from flowvi import sbi as fsbi
 from flowvi.sbi import tasks as ftasks
 
 TASKS = ["two_moons", "gaussian_linear", "gaussian_mixture", "slcp", "bernoulli_glm"]
-COLUMNS = ["task", "sims", "method", "obs", "c2st", "train_s", "epochs", "sample10k_s", "obs_source"]
+COLUMNS = ["task", "sims", "method", "obs", "c2st", "train_s", "epochs", "sample10k_s", "obs_source", "seed"]
 
 
 def to_sbi_prior(prior):
@@ -166,7 +168,9 @@ def main(argv=None) -> pd.DataFrame:
     if args.check_tasks:
         return check_tasks(args, out)
     csv = out / "npe_vs_sbi.csv"
-    done = pd.read_csv(csv) if csv.exists() else pd.DataFrame(columns=COLUMNS)
+    done = read_rows(csv) if csv.exists() else pd.DataFrame(columns=COLUMNS)
+    if csv.exists() and list(pd.read_csv(csv, nrows=0).columns) != COLUMNS:
+        done[COLUMNS].to_csv(csv, index=False)  # a file from before the seed column: rows appended next must fit
     refs = Path(args.refs) if args.refs else None
     sims_list = [int(s) for s in args.sims.split(",")]
     warm_up(args.seed)
@@ -175,7 +179,8 @@ def main(argv=None) -> pd.DataFrame:
         task = ftasks.get_task(name)
         obs = None
         for si, sims in enumerate(sims_list):
-            todo = [m for m in METHODS if not ((done.task == name) & (done.sims == sims) & (done.method == m)).any()]
+            here = (done.task == name) & (done.sims == sims) & (done.seed == args.seed)
+            todo = [m for m in METHODS if not (here & (done.method == m)).any()]
             if not todo:
                 continue
             obs = obs or observations(task, args.observations, refs, args.n_samples, args.seed)
@@ -193,12 +198,12 @@ def main(argv=None) -> pd.DataFrame:
                     score = fsbi.c2st(ref, draws, seed=args.seed)
                     rows.append(dict(task=name, sims=sims, method=method, obs=i, c2st=round(score, 4),
                                      train_s=round(seconds, 2), epochs=epochs, sample10k_s=round(t_sample, 3),
-                                     obs_source=source))
+                                     obs_source=source, seed=args.seed))
                     print(rows[-1], flush=True)
                 # a method's rows are written together, so a resumed run never keeps half a method
                 pd.DataFrame(rows, columns=COLUMNS).to_csv(csv, mode="a", header=not csv.exists(), index=False)
-                done = pd.read_csv(csv)
-    table = summarise(pd.read_csv(csv))
+                done = read_rows(csv)
+    table = summarise(read_rows(csv))
     (out / "npe_vs_sbi.md").write_text(table)
     print(table)
     return done
@@ -226,8 +231,18 @@ def check_tasks(args, out: Path) -> pd.DataFrame:
     return df
 
 
+def read_rows(csv: Path) -> pd.DataFrame:
+    """The benchmark's rows; rows written before the ``seed`` column were all seed 0."""
+    df = pd.read_csv(csv)
+    if "seed" not in df:
+        df["seed"] = 0
+    return df.fillna({"seed": 0}).astype({"seed": int})
+
+
 def summarise(df: pd.DataFrame) -> str:
-    """Markdown: mean C2ST per task/sims/method, training time and the flowvi/sbi time ratio."""
+    """Markdown: mean C2ST per task/sims/method (over seeds and observations), median training
+    time, the median over seeds of the flowvi/sbi time ratio (its range when there are several)."""
+    seeds = sorted(df.seed.unique())
     lines = ["| task | sims | C2ST flowvi | C2ST sbi | train s flowvi | train s sbi | time ratio | epochs flowvi / sbi | 10k draws s flowvi / sbi |",
              "|---|---|---|---|---|---|---|---|---|"]
     ratios = []
@@ -236,13 +251,22 @@ def summarise(df: pd.DataFrame) -> str:
         if set(m) != {"flowvi", "sbi"}:
             continue
         f, s = m["flowvi"], m["sbi"]
-        ratio = f.train_s.iloc[0] / s.train_s.iloc[0]
-        ratios.append(ratio)
-        lines.append(f"| {task} | {sims} | {f.c2st.mean():.3f} | {s.c2st.mean():.3f} | {f.train_s.iloc[0]:.1f} | "
-                     f"{s.train_s.iloc[0]:.1f} | {ratio:.2f} | {f.epochs.iloc[0]} / {s.epochs.iloc[0]} | "
+        # one training per method and seed: its time and epochs repeat on every observation's row
+        per_seed = pd.DataFrame({
+            "f_s": f.groupby("seed").train_s.first(), "s_s": s.groupby("seed").train_s.first(),
+            "f_ep": f.groupby("seed").epochs.first(), "s_ep": s.groupby("seed").epochs.first()}).dropna()
+        if per_seed.empty:
+            continue
+        r = per_seed.f_s / per_seed.s_s
+        ratios.append(r.median())
+        ratio = f"{r.median():.2f}" if len(r) == 1 else f"{r.median():.2f} ({r.min():.2f}-{r.max():.2f})"
+        epochs = ", ".join(f"{int(a)} / {int(b)}" for a, b in zip(per_seed.f_ep, per_seed.s_ep))
+        lines.append(f"| {task} | {sims} | {f.c2st.mean():.3f} | {s.c2st.mean():.3f} | {per_seed.f_s.median():.1f} | "
+                     f"{per_seed.s_s.median():.1f} | {ratio} | {epochs} | "
                      f"{f.sample10k_s.median():.2f} / {s.sample10k_s.median():.2f} |")
     if ratios:
-        lines.append(f"\nMedian training-time ratio flowvi/sbi: {statistics.median(ratios):.2f}")
+        lines.append(f"\nMedian training-time ratio flowvi/sbi: {statistics.median(ratios):.2f}"
+                     + (f" (seeds {', '.join(map(str, seeds))}; per row, the median over seeds)" if len(seeds) > 1 else ""))
     return "\n".join(lines) + "\n"
 
 
