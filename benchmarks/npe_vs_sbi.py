@@ -168,8 +168,9 @@ def main(argv=None) -> pd.DataFrame:
     if args.check_tasks:
         return check_tasks(args, out)
     csv = out / "npe_vs_sbi.csv"
-    done = read_rows(csv) if csv.exists() else pd.DataFrame(columns=COLUMNS)
-    if csv.exists() and list(pd.read_csv(csv, nrows=0).columns) != COLUMNS:
+    done = pd.DataFrame(columns=COLUMNS)
+    if csv.exists():
+        done = read_rows(csv)
         done[COLUMNS].to_csv(csv, index=False)  # a file from before the seed column: rows appended next must fit
     refs = Path(args.refs) if args.refs else None
     sims_list = [int(s) for s in args.sims.split(",")]
@@ -252,17 +253,15 @@ def summarise(df: pd.DataFrame) -> str:
             continue
         f, s = m["flowvi"], m["sbi"]
         # one training per method and seed: its time and epochs repeat on every observation's row
-        per_seed = pd.DataFrame({
-            "f_s": f.groupby("seed").train_s.first(), "s_s": s.groupby("seed").train_s.first(),
-            "f_ep": f.groupby("seed").epochs.first(), "s_ep": s.groupby("seed").epochs.first()}).dropna()
-        if per_seed.empty:
+        t = g.groupby(["seed", "method"])[["train_s", "epochs"]].first().unstack("method").dropna()
+        if t.empty:
             continue
-        r = per_seed.f_s / per_seed.s_s
+        r = t.train_s.flowvi / t.train_s.sbi
         ratios.append(r.median())
         ratio = f"{r.median():.2f}" if len(r) == 1 else f"{r.median():.2f} ({r.min():.2f}-{r.max():.2f})"
-        epochs = ", ".join(f"{int(a)} / {int(b)}" for a, b in zip(per_seed.f_ep, per_seed.s_ep))
-        lines.append(f"| {task} | {sims} | {f.c2st.mean():.3f} | {s.c2st.mean():.3f} | {per_seed.f_s.median():.1f} | "
-                     f"{per_seed.s_s.median():.1f} | {ratio} | {epochs} | "
+        epochs = ", ".join(f"{int(a)} / {int(b)}" for a, b in zip(t.epochs.flowvi, t.epochs.sbi))
+        lines.append(f"| {task} | {sims} | {f.c2st.mean():.3f} | {s.c2st.mean():.3f} | {t.train_s.flowvi.median():.1f} | "
+                     f"{t.train_s.sbi.median():.1f} | {ratio} | {epochs} | "
                      f"{f.sample10k_s.median():.2f} / {s.sample10k_s.median():.2f} |")
     if ratios:
         lines.append(f"\nMedian training-time ratio flowvi/sbi: {statistics.median(ratios):.2f}"

@@ -112,6 +112,9 @@ def test_auto_lr_shrinks_with_the_training_rows_and_is_what_train_uses():
     for bad in ("fast", 0.0, -1e-3):
         with pytest.raises(ValueError, match="lr must be a positive number or 'auto'"):
             npe.train(max_epochs=1, lr=bad, show_progress=False)
+    # every row held out: the error says what to do, not what auto_lr needs
+    with pytest.raises(ValueError, match="no training rows left after the validation split"):
+        npe.train(max_epochs=1, val_fraction=0.9999, show_progress=False)
 
 
 def test_bad_inputs():

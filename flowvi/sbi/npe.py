@@ -325,6 +325,8 @@ class NPE:
             raise ValueError(f"batch_size ({batch_size}) must be >= num_atoms ({num_atoms}) for the atomic loss")
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        if not (lr == "auto" or (not isinstance(lr, str) and lr > 0)):
+            raise ValueError(f"lr must be a positive number or 'auto', got {lr!r}")
         is_val = self._split_key < val_fraction
         if self._est is None or retrain_from_scratch:
             fit = ~is_val if bool((~is_val).any()) else torch.ones_like(is_val)
@@ -336,12 +338,8 @@ class NPE:
         if not bool(torch.isfinite(z).all()):
             raise ValueError("some theta map to infinity in the unbounded space (on the support's boundary?)")
         data = TrainingData(z=z, x=self._x, prior_lp=prior_lp, from_prior=self._from_prior, is_val=is_val)
-        if isinstance(lr, str):
-            if lr != "auto":
-                raise ValueError(f"lr must be a positive number or 'auto', got {lr!r}")
-            lr = auto_lr(int((~is_val).sum()))
-        elif not lr > 0:
-            raise ValueError(f"lr must be a positive number or 'auto', got {lr!r}")
+        if lr == "auto":  # with no training rows left, train_estimator says what to do
+            lr = auto_lr(max(1, int((~is_val).sum())))
         result = train_estimator(
             est, data, loss=loss, num_atoms=num_atoms, combined_loss=combined_loss, batch_size=batch_size, lr=lr,
             max_epochs=max_epochs, patience=patience, lr_patience=lr_patience, lr_factor=lr_factor, clip=clip,
